@@ -80,6 +80,8 @@ class Args:
     max_grad_norm: float = arg(1.0, "clip each model's global gradient norm to this")
     gradient_checkpointing: bool = arg(False, "recompute decoder activations in backward to save memory")
     bf16: bool = arg(False, "bf16 compute on GPU")
+    compile_decode: bool = arg(False, "static KV cache and a torch.compile'd decode step in generate (CUDA graphs "
+                                      "on GPU); compiles once per 64-token prompt-length bucket")
     max_skipped_steps: int = arg(10, "stop after this many optimizer steps in a row with a non-finite gradient")
     save_every: int = arg(100, "write a resumable checkpoint every this many steps (and at the end)")
     device: str = arg(None, "cpu or cuda; default: cuda when available")
@@ -247,7 +249,7 @@ def main(args: Args) -> None:
         examples = [prompts[i] for i in picked[d.rank * share:(d.rank + 1) * share]]
         rollouts = model.generate_rollouts(policy, data.encode_prompts(processor, examples).to(d.device), tokenizer,
                                            args.rollouts_per_prompt, args.max_new_tokens, args.temperature,
-                                           args.top_p)
+                                           args.top_p, bf16=args.bf16, compile_decode=args.compile_decode)
         t1 = time.time()
 
         # 2. Validate the format and split every rollout into its two segments.

@@ -11,7 +11,8 @@ task (data.synthesize, one 64×64 image each); the standard setting of 4 prompts
 tokens. Sections:
     grpo       one GRPO step of rlvr.py, split as rlvr.main times it: rollout, reward, old log-probs, update
     align      one PRISM alignment step of align.py: rollout, split + scoring, discriminator update, policy update
-    rollouts   model.generate_rollouts against repeating each prompt n times through processor and vision encoder
+    rollouts   model.generate_rollouts against repeating each prompt n times through processor and vision encoder,
+               and against itself with --compile-decode (static KV cache, compiled decode step)
     logprobs   per-token log-probs of one 8,192-token response at the real vocabulary (151,936): the chunked path
                against full-vocabulary logits, forward and backward; peak memory and time
 CUDA (--device cuda; written for one H100 but NOT run on the CPU machine it was written on): random-init models
@@ -19,7 +20,8 @@ of the published Qwen3-VL-2B / -4B shapes (model.real_config, vocabulary 151,936
     logprobs   as above, on the GPU (torch.cuda.max_memory_allocated)
     sft        sft.py's step (fp32 weights, bf16 autocast, gradient checkpointing): tokens/s and MFU
                = 6 · N · tokens / time / --peak-tflops
-    decode     rollout decoding at batch 64: tokens/s against the HBM bound rows · --hbm-tbps / weight bytes
+    decode     rollout decoding at batch 64, eager and --compile-decode: tokens/s against the HBM bound
+               rows · --hbm-tbps / weight bytes
     align      the alignment step's split with a 2B-shape policy and its 4-expert upcycled discriminator
 
 Usage:
@@ -46,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -76,7 +78,9 @@ FOOTNOTES = {
                "micro-batches: rows grouped by model.token_budget_batches under the stage's token budget, each "
                "cut by Rollouts.micro_batch to the columns some row uses. The reference row splits the same "
                "rollouts by the earlier rule (rows in order, 16 each, every micro-batch as wide as the whole "
-               "rollout batch).",
+               "rollout batch). The rows marked \"lengths U(1, R)\" take the same rollouts with each response "
+               "ended after a length drawn uniformly from 1 … R (seed 0): the random model's responses all run to "
+               "the limit, a trained policy's do not.",
     "logprob": "Log-prob memory is measured in a fresh process per path: peak RSS (ru_maxrss) minus the RSS once "
                "the inputs and the lm_head exist (CPU), or torch.cuda.max_memory_allocated minus the memory "
                "allocated then (GPU). Forward and backward of the sum of the log-probs.",
@@ -276,15 +280,43 @@ def fixed_micro_batches(rollouts: model.Rollouts, rows_each: int = 16) -> list[t
     return [mask[k:k + rows_each] for k in range(0, len(mask), rows_each)]
 
 
+def cut_responses(rollouts: model.Rollouts, gen: torch.Generator) -> model.Rollouts:
+    """The same rollouts with each response ended after a length drawn uniformly from 1 … R.
+
+    A random model's responses almost all run to the length limit, which leaves a token budget
+    nothing to save; a trained policy's lengths vary, and that is where it pays.
+    """
+    B, R = rollouts.response_mask.shape
+    lengths = torch.randint(1, R + 1, (B, 1), generator=gen).to(rollouts.response_mask.device)
+    mask = rollouts.response_mask * (torch.arange(R, device=lengths.device) < lengths)
+    prompt = rollouts.batch.attention_mask[:, :rollouts.prompt_len]
+    return replace(rollouts, response_mask=mask,
+                   batch=replace(rollouts.batch, attention_mask=torch.cat([prompt, mask], 1)))
+
+
 def padding_rows(section: str, rollouts_seen: list[model.Rollouts], budget: int) -> list[Row]:
-    now = [update_micro_batches(r, budget) for r in rollouts_seen]
-    passes = statistics.mean(len(m) for m in now)
-    return [
-        Row(f"{section}: padding in policy-update micro-batches", [100 * padding_share(m) for m in now], "%",
-            f"token budget {budget}: {passes:.1f} forward/backward passes per update [padding]"),
-        Row(f"{section}: same rollouts, 16 rows in order at full width (reference)",
-            [100 * padding_share(fixed_micro_batches(r)) for r in rollouts_seen], "%", "the rule before token budgets"),
-    ]
+    """Padding at the stage's token budget, then with varied response lengths at the reference's budget.
+
+    The standard batch fits the stage's budget in one pass, so the second pair gives the token
+    budget exactly the reference's micro-batch size (16 full-width rows) and compares the two
+    rules at equal peak memory per pass.
+    """
+    gen = torch.Generator().manual_seed(0)
+    cut = [cut_responses(r, gen) for r in rollouts_seen]
+    full_width = 16 * rollouts_seen[0].batch.attention_mask.shape[1]
+    rows = []
+    for label, seen, tokens in (("", rollouts_seen, budget), (", lengths U(1, R)", cut, full_width)):
+        now = [update_micro_batches(r, tokens) for r in seen]
+        reference = [fixed_micro_batches(r) for r in seen]
+        rows += [
+            Row(f"{section}: padding in policy-update micro-batches{label}", [100 * padding_share(m) for m in now],
+                "%", f"token budget {tokens}: {statistics.mean(len(m) for m in now):.1f} forward/backward passes "
+                     "per update [padding]"),
+            Row(f"{section}: same rollouts, 16 rows in order at full width (reference){label}",
+                [100 * padding_share(m) for m in reference], "%",
+                f"the rule before token budgets: {statistics.mean(len(m) for m in reference):.1f} passes"),
+        ]
+    return rows
 
 
 def run_grpo(args, d, data_dir: Path) -> list[Row]:
@@ -423,10 +455,15 @@ def naive_rollouts(policy, processor, examples, n: int, max_new_tokens: int, d):
                                    processor.tokenizer, 1, max_new_tokens)
 
 
-def grouped_rollouts(policy, processor, examples, n: int, max_new_tokens: int, d):
+def grouped_rollouts(policy, processor, examples, n: int, max_new_tokens: int, d, compile_decode: bool = False):
     """The project's path: encode each prompt once, generate expands to n rows after the vision encoder."""
     return model.generate_rollouts(policy, data.encode_prompts(processor, examples).to(d.device),
-                                   processor.tokenizer, n, max_new_tokens)
+                                   processor.tokenizer, n, max_new_tokens, compile_decode=compile_decode)
+
+
+def compiled_rollouts(policy, processor, examples, n: int, max_new_tokens: int, d):
+    """The project's path with --compile-decode: static KV cache, torch.compile'd decode step."""
+    return grouped_rollouts(policy, processor, examples, n, max_new_tokens, d, compile_decode=True)
 
 
 def run_rollouts(args, d, data_dir: Path) -> list[Row]:
@@ -434,18 +471,22 @@ def run_rollouts(args, d, data_dir: Path) -> list[Row]:
     policy = model.Policy(build_hf(world_shape(args), tokenizer, d.device, world_dtype(args)))
     examples = load_examples(data_dir, "rl", args.prompts)
     model.seed_everything(0)
-    times = {"grouped": [], "naive": []}
-    tokens = {"grouped": [], "naive": []}
+    paths = {"grouped": grouped_rollouts, "naive": naive_rollouts, "compiled": compiled_rollouts}
+    times = {name: [] for name in paths}
+    tokens = {name: [] for name in paths}
+    first_call = {}
     for k in range(args.repeats + 1):
-        # Interleaved, so that drift of the machine (clocks, other load) hits both paths alike.
+        # Interleaved, so that drift of the machine (clocks, other load) hits every path alike.
         seconds = {}
-        for name, fn in (("grouped", grouped_rollouts), ("naive", naive_rollouts)):
+        for name, fn in paths.items():
             t0 = clock(d)
             r = fn(policy, processor, examples, args.rollouts, args.max_new_tokens, d)
             seconds[name] = clock(d) - t0
-            if k:  # repeat 0 is the warm-up
+            if k:  # repeat 0 is the warm-up (and the compiled path's compilation)
                 times[name].append(seconds[name])
                 tokens[name].append(float(r.response_mask.sum()))
+            else:
+                first_call[name] = seconds[name]
         log(f"rollouts repeat {k}: " + ", ".join(f"{n} {v:.2f}s" for n, v in seconds.items()))
     B = args.prompts * args.rollouts
     lengths = {k: statistics.mean(v) / B for k, v in tokens.items()}
@@ -456,6 +497,12 @@ def run_rollouts(args, d, data_dir: Path) -> list[Row]:
             f"{lengths['naive']:.1f} tokens per rollout on average"),
         Row("rollouts: naive / grouped time", ratios(times["naive"], times["grouped"]), "×",
             "> 1: grouping saves time"),
+        Row("rollouts: grouped, --compile-decode", times["compiled"], "s",
+            f"static KV cache, compiled decode step; {lengths['compiled']:.1f} tokens per rollout on average"),
+        Row("rollouts: grouped / --compile-decode time", ratios(times["grouped"], times["compiled"]), "×",
+            "> 1: the compiled decode step saves time"),
+        Row("rollouts: --compile-decode first call", [first_call["compiled"]], "s",
+            "torch.compile of the decode step, once per batch shape and 64-token prompt-length bucket"),
         peak_memory_row("rollouts", d),
     ]
 
@@ -621,27 +668,28 @@ def run_decode(args, d, data_dir: Path) -> list[Row]:
     dtype = world_dtype(args)
     policy = model.Policy(build_hf(shape, tokenizer, d.device, dtype))
     examples = load_examples(data_dir, "rl", args.decode_prompts)
-    model.seed_everything(0)
-    times, tokens = [], []
-    for _ in range(args.repeats + 1):
-        t0 = clock(d)
-        r = grouped_rollouts(policy, processor, examples, args.rollouts, args.decode_tokens, d)
-        times.append(clock(d) - t0)
-        tokens.append(float(r.response_mask.sum()))
-    times, tokens = times[1:], tokens[1:]
     rows_per_step = args.decode_prompts * args.rollouts
     weight_bytes = decoder_params(policy.hf) * torch.finfo(dtype).bits // 8
     bound = rows_per_step * args.hbm_tbps * 1e12 / weight_bytes
-    measured = ratios(tokens, times)
-    return [
-        Row(f"decode {shape}: tokens per second, batch {rows_per_step}", measured, "tok/s",
-            f"model.generate_rollouts, ≤{args.decode_tokens} new tokens, prefill included"),
-        Row(f"decode {shape}: HBM bound", [bound], "tok/s",
-            f"{rows_per_step} rows × {args.hbm_tbps} TB/s / {weight_bytes / 1e9:.2f} GB of "
-            f"{str(dtype).removeprefix('torch.')} decoder weights per step"),
-        Row(f"decode {shape}: share of the HBM bound", [100 * m / bound for m in measured], "%"),
-        peak_memory_row(f"decode {shape}", d),
-    ]
+    rows = [Row(f"decode {shape}: HBM bound", [bound], "tok/s",
+                f"{rows_per_step} rows × {args.hbm_tbps} TB/s / {weight_bytes / 1e9:.2f} GB of "
+                f"{str(dtype).removeprefix('torch.')} decoder weights per step")]
+    for label, compile_decode in (("eager", False), ("--compile-decode", True)):
+        model.seed_everything(0)
+        times, tokens = [], []
+        for _ in range(args.repeats + 1):  # the first call is the warm-up (and the compilation)
+            t0 = clock(d)
+            r = grouped_rollouts(policy, processor, examples, args.rollouts, args.decode_tokens, d, compile_decode)
+            times.append(clock(d) - t0)
+            tokens.append(float(r.response_mask.sum()))
+        measured = ratios(tokens[1:], times[1:])
+        rows += [
+            Row(f"decode {shape}, {label}: tokens per second, batch {rows_per_step}", measured, "tok/s",
+                f"model.generate_rollouts, ≤{args.decode_tokens} new tokens, prefill included; "
+                f"first call {times[0]:.1f} s"),
+            Row(f"decode {shape}, {label}: share of the HBM bound", [100 * m / bound for m in measured], "%"),
+        ]
+    return rows + [peak_memory_row(f"decode {shape}", d)]
 
 
 # ----------------------------------------------------------------------------------------------

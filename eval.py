@@ -74,6 +74,8 @@ class Args:
     seed: int = arg(0, "seed of --sample; each batch draws from (seed, batch index)")
     limit: int = arg(0, "evaluate only the first N items of each benchmark (0 = all)")
     bf16: bool = arg(True, "bf16 weights on GPU (ignored on CPU)")
+    compile_decode: bool = arg(False, "static KV cache and a torch.compile'd decode step in generate (CUDA graphs "
+                                      "on GPU); compiles once per 64-token prompt-length bucket")
     device: str = arg(None, "cpu or cuda; default: cuda when available")
 
 
@@ -317,7 +319,8 @@ def evaluate_shard(policy: model.Policy, processor, examples: list[Example], arg
         # Seeded by the batch, not the rank, so that sampled results too are the same under any number of ranks.
         model.seed_everything(args.seed * 100_003 + items.start // args.batch_size)
         rollouts = model.generate_rollouts(policy, prompts, tokenizer, n=1, max_new_tokens=args.max_new_tokens,
-                                           temperature=args.temperature, top_p=args.top_p, greedy=not args.sample)
+                                           temperature=args.temperature, top_p=args.top_p, greedy=not args.sample,
+                                           compile_decode=args.compile_decode)
         for i, example, ids, truncated in zip(items, batch, rollouts.responses(), rollouts.truncated.tolist()):
             records.append(grade_item(i, example, tokenizer.decode(ids, skip_special_tokens=True), len(ids),
                                       truncated))

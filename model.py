@@ -612,7 +612,8 @@ def gathered_weights(module: nn.Module):
     """Hold FSDP2-sharded weights unsharded for a whole generate call.
 
     Decoding then runs no collectives at all (no all-gather per token), so ranks may stop at
-    different lengths. A no-op on an unsharded module.
+    different lengths. With FSDP2's bf16 mixed-precision policy the unsharded weights are bf16.
+    A no-op on an unsharded module.
     """
     from torch.distributed.fsdp import FSDPModule
 
@@ -628,27 +629,88 @@ def gathered_weights(module: nn.Module):
             m.set_reshard_after_forward(True)
 
 
+@contextlib.contextmanager
+def bf16_weights(module: nn.Module):
+    """Swap every parameter for a bf16 copy, and back to the very same fp32 tensors afterwards.
+
+    Decoding is bound by reading the weights once per token. An unsharded fp32 policy under
+    autocast would read 4 bytes per weight and write and read a 2-byte copy at every step; the
+    copy made once per rollout phase reads 2 bytes, as FSDP2's mixed-precision unshard does.
+    The copies are kept (2 bytes per weight) and refilled in place, so their addresses never
+    change: a compiled decode step's CUDA graphs are recorded once, not once per phase.
+    """
+    params = list(module.parameters())
+    if getattr(module, "_bf16_copies", None) is None:
+        module._bf16_copies = [torch.empty_like(p, dtype=torch.bfloat16) for p in params]
+    originals = [p.data for p in params]
+    for p, copy in zip(params, module._bf16_copies):
+        p.data = copy.copy_(p.data)
+    try:
+        yield
+    finally:
+        for p, fp32 in zip(params, originals):
+            p.data = fp32
+
+
+def decoding_weights(module: nn.Module, bf16: bool):
+    """The weights generate reads: unsharded FSDP2 units, or a bf16 copy of a single-GPU policy."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if bf16 and next(module.parameters()).device.type == "cuda" and not isinstance(module, FSDPModule):
+        return bf16_weights(module)
+    return gathered_weights(module)
+
+
+STATIC_CACHE_MULTIPLE = 64
+
+
+def decode_compile_config(device: torch.device):
+    """torch.compile settings for generate's decode step (its prefill, vision encoder included, stays eager).
+
+    CUDA graphs ("reduce-overhead") on a GPU, where a decode step of a few-billion-parameter model
+    is otherwise dominated by launching hundreds of small kernels. transformers compiles only on
+    accelerators unless told otherwise; the flag makes the option mean the same on CPU.
+    """
+    from transformers import CompileConfig
+
+    config = CompileConfig(fullgraph=False, dynamic=False,
+                           mode="reduce-overhead" if device.type == "cuda" else "default")
+    config._compile_all_devices = True
+    return config
+
+
 @torch.no_grad()
 def generate_rollouts(policy: Policy, prompts: VLBatch, tokenizer, n: int, max_new_tokens: int,
-                      temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False) -> Rollouts:
+                      temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, bf16: bool = False,
+                      compile_decode: bool = False) -> Rollouts:
     """Sample n responses per prompt with HF generate.
 
     prompts: G left-padded prompts ending with the assistant header. Sampling is from the full
     softmax at `temperature` (top_k=0: no hidden top-k), nucleus-truncated only if top_p < 1.
     generate encodes each prompt's images once and expands to n rows itself. The four vision
     special tokens are never sampled: a sampled <|image_pad|> would break every later forward.
+
+    bf16: decode with bf16 weights on a GPU (see `decoding_weights`).
+    compile_decode: a static KV cache and a torch.compile'd decode step. The cache is as long as
+    prompt + max_new_tokens, so prompts are left-padded to a multiple of STATIC_CACHE_MULTIPLE:
+    the compiled step then sees a handful of shapes over a run instead of one per batch. The
+    first call of each shape compiles (tens of seconds); padding changes no sampled token.
     """
     hf = policy.hf
     eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     suppress = [tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS]
     sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0,
                                                          top_p=top_p)
+    cache = {}
+    if compile_decode:
+        prompts = prompts.padded(-prompts.input_ids.shape[1] % STATIC_CACHE_MULTIPLE, 0, tokenizer.pad_token_id)
+        cache = dict(cache_implementation="static", compile_config=decode_compile_config(prompts.input_ids.device))
     was_training = policy.training
     policy.eval()
-    with gathered_weights(policy):
+    with decoding_weights(policy, bf16):
         out = hf.generate(**prompts.model_inputs(), max_new_tokens=max_new_tokens, num_return_sequences=n,
                           eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id, suppress_tokens=suppress,
-                          use_cache=True, **sampling)
+                          use_cache=True, **sampling, **cache)
     policy.train(was_training)
     prompt_len = prompts.input_ids.shape[1]
     response_ids = out[:, prompt_len:]

@@ -97,6 +97,8 @@ class Args:
                                          "included); rows of similar length are grouped")
     gradient_checkpointing: bool = arg(False, "recompute decoder activations in backward to save memory")
     bf16: bool = arg(False, "bf16 compute on GPU")
+    compile_decode: bool = arg(False, "static KV cache and a torch.compile'd decode step in generate (CUDA graphs "
+                                      "on GPU); compiles once per 64-token prompt-length bucket")
     max_skipped_steps: int = arg(10, "stop after this many optimizer steps in a row with a non-finite gradient")
     save_every: int = arg(120, "write a resumable checkpoint every this many steps (and at the end)")
     device: str = arg(None, "cpu or cuda; default: cuda when available")
@@ -381,7 +383,8 @@ def main(args: Args) -> None:
             examples = [prompts[i] for i in share]
             rollouts = model.generate_rollouts(policy, data.encode_prompts(processor, examples).to(d.device),
                                                tokenizer, args.rollouts_per_prompt, args.max_new_tokens,
-                                               args.temperature, args.top_p)
+                                               args.temperature, args.top_p, bf16=args.bf16,
+                                               compile_decode=args.compile_decode)
             graded = [data.reward_parts(text, examples[g].answer)
                       for text, g in zip(decode_responses(rollouts, tokenizer), rollouts.group.tolist())]
             reward, accuracy, fmt = (torch.tensor(col) for col in zip(*graded))

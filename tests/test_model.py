@@ -130,6 +130,62 @@ def test_training_logprobs_equal_generate_logits(tiny_dir, synth_dir, processor)
     assert not torch.isin(ids, torch.tensor(suppress)).any()
 
 
+def test_compiled_static_cache_decoding_samples_the_same_tokens(tiny_dir, synth_dir, processor):
+    """--compile-decode: same seed, same sampled tokens and log-probs as the eager dynamic-cache path."""
+    from torch._dynamo.utils import counters
+
+    policy = model.Policy.from_pretrained(tiny_dir)
+    prompts = data.encode_prompts(processor, _examples(synth_dir, 2))
+    tok = processor.tokenizer
+    torch.manual_seed(5)
+    eager = model.generate_rollouts(policy, prompts, tok, n=4, max_new_tokens=16)
+    graphs_before = counters["stats"]["unique_graphs"]
+    torch.manual_seed(5)
+    compiled = model.generate_rollouts(policy, prompts, tok, n=4, max_new_tokens=16, compile_decode=True)
+    assert counters["stats"]["unique_graphs"] > graphs_before  # torch.compile really ran
+    assert compiled.prompt_len % model.STATIC_CACHE_MULTIPLE == 0 and compiled.prompt_len > eager.prompt_len
+    assert torch.equal(compiled.response_ids, eager.response_ids)
+    assert torch.equal(compiled.response_mask, eager.response_mask)
+    rows = list(range(8))
+    with torch.no_grad():
+        a, _ = policy(*eager.micro_batch(rows)[:2])
+        b, _ = policy(*compiled.micro_batch(rows)[:2])
+    R = eager.micro_batch(rows)[2]
+    assert torch.allclose(a[:, -R:], b[:, -R:], atol=1e-5)
+    # An optimizer step changes the weights in place: the compiled step must decode with the new ones.
+    torch.manual_seed(6)
+    stale = model.generate_rollouts(policy, prompts, tok, n=4, max_new_tokens=16)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.mul_(1.5)
+    torch.manual_seed(6)
+    eager = model.generate_rollouts(policy, prompts, tok, n=4, max_new_tokens=16)
+    torch.manual_seed(6)
+    compiled = model.generate_rollouts(policy, prompts, tok, n=4, max_new_tokens=16, compile_decode=True)
+    assert torch.equal(compiled.response_ids, eager.response_ids)
+    assert not torch.equal(stale.response_ids, eager.response_ids)  # the change is visible in the tokens
+
+
+def test_bf16_weights_decode_then_restore_the_same_fp32_tensors(tiny_dir, synth_dir, processor):
+    policy = model.Policy.from_pretrained(tiny_dir)
+    before = {n: (p.data_ptr(), p.detach().clone()) for n, p in policy.named_parameters()}
+    prompts = data.encode_prompts(processor, _examples(synth_dir, 2))
+    with model.bf16_weights(policy):
+        assert all(p.dtype == torch.bfloat16 for p in policy.parameters())
+        out = policy.hf.generate(**prompts.model_inputs(), max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == prompts.input_ids.shape[1] + 4
+    for n, p in policy.named_parameters():
+        assert p.dtype == torch.float32 and p.data_ptr() == before[n][0] and torch.equal(p, before[n][1]), n
+    # A second phase refills the same bf16 buffers with the updated weights.
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(1.0)
+    addresses = [c.data_ptr() for c in policy._bf16_copies]
+    with model.bf16_weights(policy):
+        assert [p.data_ptr() for p in policy.parameters()] == addresses
+        assert all(torch.equal(p, (before[n][1] + 1).bfloat16()) for n, p in policy.named_parameters())
+
+
 def test_fsdp2_two_processes_match_one(tiny_dir, synth_dir, tmp_path):
     args = ["tests/fsdp_worker.py", tiny_dir, synth_dir / "sft_teacher.jsonl"]
     run_script(args + [tmp_path / "one"], nproc=1)
