@@ -266,13 +266,12 @@ def test_sigterm_checkpoints_exits_cleanly_and_resume_matches_an_uninterrupted_r
     assert [m["step"] for m in metrics(out)] == [m["step"] for m in metrics(job["reference"])]
 
 
-def test_sigterm_to_torchrun_checkpoints_on_every_rank_and_resume_matches(tiny_dir, synth_dir, tmp_path):
+def test_sigterm_to_torchrun_checkpoints_on_every_rank(tiny_dir, synth_dir, tmp_path):
     """torchrun forwards SIGTERM to its workers (and SIGKILLs them 30 s later): both ranks stop after
-    the same step with one complete checkpoint, and the resumed run ends on the uninterrupted one's weights."""
-    worker = ["tests/fault_worker.py", "sft", *sft_flags(tiny_dir, synth_dir), "--steps", 4, "--save-every", 1000]
-    out = tmp_path / "preempted"
-    reference = start(worker + ["--out", tmp_path / "reference"], tmp_path / "reference", nproc=2)
-    run = start(worker + ["--out", out], tmp_path / "preempted", {"FAULT_PAUSE_AFTER_STEP": "2"}, nproc=2)
+    the same step with one complete checkpoint. (Resuming 2 ranks exactly: tests/test_sft.py.)"""
+    out = tmp_path / "run"
+    run = start(["tests/fault_worker.py", "sft", *sft_flags(tiny_dir, synth_dir), "--save-every", 1000,
+                 "--out", out], tmp_path / "log", {"FAULT_PAUSE_AFTER_STEP": "2"}, nproc=2)
     wait_for_steps(out, 2, run)
     run.proc.send_signal(signal.SIGTERM)  # to the torchrun agent, not to the workers
     done = run.finish(120)
@@ -281,12 +280,8 @@ def test_sigterm_to_torchrun_checkpoints_on_every_rank_and_resume_matches(tiny_d
     assert sorted(p.name for p in (out / "checkpoints").glob("*")) == ["step_00000002"]
     assert not (out / "model").exists() and [m["step"] for m in metrics(out)] == [1, 2]
     model.verify_checkpoint(ckpt_dir(out, 2))
-
-    start(worker + ["--out", out, "--resume"], tmp_path / "resumed", nproc=2).succeed()
-    reference.succeed()
-    diff = max_diff(policy_weights(tmp_path / "reference" / "model"), policy_weights(out / "model"))
-    print(f"torchrun, 2 ranks, preempted after step 2 and resumed: max weight diff to the uninterrupted run {diff:.1e}")
-    assert diff <= 1e-6
+    state = torch.load(ckpt_dir(out, 2) / "train_state.pt", weights_only=True)
+    assert state["step"] == 2
 
 
 # ----------------------------------------------------------------------------------------------
