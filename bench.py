@@ -7,8 +7,8 @@ caches; the parent only prints and saves.
 
 CPU (the default): the tiny Qwen3-VL of model.tiny_config (text hidden 128, 4 layers, 4 heads / 2 KV heads,
 vision depth 2), built in memory from seed 0 with the tiny tokenizer and processor; prompts from the synthetic
-task (data.synthesize, one 64×64 image each); the standard setting of 4 prompts × 8 rollouts × at most 64 new
-tokens. Sections:
+task (data.synthesize, one 64×64 image each, or an upscaled copy with --image-size); the standard setting of
+4 prompts × 8 rollouts × at most 64 new tokens. Sections:
     grpo       one GRPO step of rlvr.py, split as rlvr.main times it: rollout, reward, old log-probs, update
     align      one PRISM alignment step of align.py: rollout, split + scoring, discriminator update, policy update
     rollouts   model.generate_rollouts against repeating each prompt n times through processor and vision encoder,
@@ -28,6 +28,7 @@ Usage:
     make bench                                         # = .venv/bin/python bench.py, about 3 minutes on 2 cores
     .venv/bin/python bench.py --repeats 5 --threads 2 --out runs/bench.json
     .venv/bin/python bench.py --sections grpo rollouts  # a subset
+    .venv/bin/python bench.py --sections rollouts --image-size 448  # grouping at a real image resolution
     python bench.py --device cuda --peak-tflops 989 --hbm-tbps 3.35 --out runs/bench_h100.json
 
 Reading the table: median over --repeats timed repeats after one warm-up (the log-prob rows: --logprob-repeats
@@ -39,6 +40,7 @@ rows across machines only with the same settings line.
 
 import argparse
 import gc
+import io
 import json
 import os
 import platform
@@ -169,11 +171,14 @@ def mem_available() -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def tiny_tokenizer_and_processor():
-    """The tiny world's tokenizer and processor, exactly as model.build_tiny makes them (seed 0), in memory."""
+def tiny_tokenizer_and_processor(image_size: int = data.SYNTH_IMAGE_SIZE):
+    """The tiny world's tokenizer and processor, exactly as model.build_tiny makes them (seed 0), in memory;
+    the processor's pixel cap raised to image_size² so that --image-size images keep their size."""
     torch.manual_seed(0)
     tokenizer = model.build_tokenizer(data.synthetic_corpus(seed=0))
-    return tokenizer, model.build_processor(tokenizer)
+    processor = model.build_processor(tokenizer)
+    processor.image_processor.size = dict(processor.image_processor.size, longest_edge=max(image_size, 64) ** 2)
+    return tokenizer, processor
 
 
 def build_hf(shape: str, tokenizer, device: torch.device, dtype: torch.dtype):
@@ -198,10 +203,26 @@ def build_hf(shape: str, tokenizer, device: torch.device, dtype: torch.dtype):
     return hf
 
 
-def load_examples(data_dir: Path, split: str, count: int) -> list[data.Example]:
-    """The first `count` prompts of the stream a stage's step 0 would draw (seed 0)."""
+def load_examples(data_dir: Path, split: str, count: int, image_size: int) -> list[data.Example]:
+    """The first `count` prompts of the stream a stage's step 0 would draw (seed 0).
+
+    Images other than the task's 64×64 are nearest-neighbour upscaled copies: the same pictures, with the
+    processor and the vision tower doing the work of a real resolution.
+    """
     prompts = data.load_prompts(data_dir / f"{split}.parquet")
-    return [prompts[i] for i in data.stream_indices(len(prompts), 0, 0, count)]
+    examples = [prompts[i] for i in data.stream_indices(len(prompts), 0, 0, count)]
+    if image_size == data.SYNTH_IMAGE_SIZE:
+        return examples
+    return [replace(e, images=[upscaled(ref, image_size) for ref in e.images]) for e in examples]
+
+
+def upscaled(ref: data.ImageRef, size: int) -> bytes:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref) as img:
+        out = io.BytesIO()
+        img.convert("RGB").resize((size, size), Image.NEAREST).save(out, "PNG")
+        return out.getvalue()
 
 
 def world_shape(args) -> str:
@@ -320,11 +341,11 @@ def padding_rows(section: str, rollouts_seen: list[model.Rollouts], budget: int)
 
 
 def run_grpo(args, d, data_dir: Path) -> list[Row]:
-    tokenizer, processor = tiny_tokenizer_and_processor()
+    tokenizer, processor = tiny_tokenizer_and_processor(args.image_size)
     policy = model.Policy(build_hf(world_shape(args), tokenizer, d.device, world_dtype(args)))
     if args.device == "cuda":
         policy.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    examples = load_examples(data_dir, "rl", args.prompts)
+    examples = load_examples(data_dir, "rl", args.prompts, args.image_size)
     a, loss_cfg = grpo_settings(args)
     a.bf16 = args.device == "cuda"
     optimizer, scheduler = model.make_optimizer(policy, a.lr, a.weight_decay, args.repeats + 1,
@@ -402,7 +423,7 @@ def align_step(policy, disc, processor, examples, opts, a, loss_cfg, d) -> dict:
 
 
 def run_align(args, d, data_dir: Path) -> list[Row]:
-    tokenizer, processor = tiny_tokenizer_and_processor()
+    tokenizer, processor = tiny_tokenizer_and_processor(args.image_size)
     shape = world_shape(args)
     policy = model.Policy(build_hf(shape, tokenizer, d.device, world_dtype(args)))
     # upcycle only reads the dense weights (under no_grad) into a new MoE: the policy is left untouched.
@@ -410,7 +431,7 @@ def run_align(args, d, data_dir: Path) -> list[Row]:
     if args.device == "cuda":  # the published runs' memory setting
         for m in (policy, disc):
             m.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    examples = load_examples(data_dir, "align", args.prompts)
+    examples = load_examples(data_dir, "align", args.prompts, args.image_size)
     a, loss_cfg = align_settings(args)
     a.bf16 = args.device == "cuda"
     steps_total = args.repeats + 1
@@ -467,9 +488,9 @@ def compiled_rollouts(policy, processor, examples, n: int, max_new_tokens: int, 
 
 
 def run_rollouts(args, d, data_dir: Path) -> list[Row]:
-    tokenizer, processor = tiny_tokenizer_and_processor()
+    tokenizer, processor = tiny_tokenizer_and_processor(args.image_size)
     policy = model.Policy(build_hf(world_shape(args), tokenizer, d.device, world_dtype(args)))
-    examples = load_examples(data_dir, "rl", args.prompts)
+    examples = load_examples(data_dir, "rl", args.prompts, args.image_size)
     model.seed_everything(0)
     paths = {"grouped": grouped_rollouts, "naive": naive_rollouts, "compiled": compiled_rollouts}
     times = {name: [] for name in paths}
@@ -663,11 +684,11 @@ def run_decode(args, d, data_dir: Path) -> list[Row]:
     Each decode step reads every decoder weight once (bf16: 2 bytes each), whatever the batch, so the bound is
     rows · bandwidth / weight bytes tokens per second; KV-cache reads are left out (short contexts here).
     """
-    tokenizer, processor = tiny_tokenizer_and_processor()
+    tokenizer, processor = tiny_tokenizer_and_processor(args.image_size)
     shape = world_shape(args)
     dtype = world_dtype(args)
     policy = model.Policy(build_hf(shape, tokenizer, d.device, dtype))
-    examples = load_examples(data_dir, "rl", args.decode_prompts)
+    examples = load_examples(data_dir, "rl", args.decode_prompts, args.image_size)
     rows_per_step = args.decode_prompts * args.rollouts
     weight_bytes = decoder_params(policy.hf) * torch.finfo(dtype).bits // 8
     bound = rows_per_step * args.hbm_tbps * 1e12 / weight_bytes
@@ -787,6 +808,7 @@ def settings(args) -> dict:
             f"hidden {vision.hidden_size}, depth {vision.depth}; random init, seed 0")
     s = dict(model=tiny if args.device == "cpu" else f"Qwen3-VL {'/'.join(args.shapes)} shapes (model.real_config), "
              "random init, seed 0", prompts=args.prompts, rollouts=args.rollouts, max_new_tokens=args.max_new_tokens,
+             image_size=args.image_size,
              repeats=args.repeats, warmup=1, micro_batch_tokens=args.micro_batch_tokens or "stage default",
              logprob=dict(tokens=args.logprob_tokens, vocab=REAL_VOCAB, hidden=args.logprob_hidden,
                           repeats=args.logprob_repeats))
@@ -808,7 +830,8 @@ def render(info: dict, setting: dict, rows: list[dict], footnotes: list[str]) ->
              f"- load average before the run (1/5/15 min): {' / '.join(map(str, info['load_at_start']))}",
              f"- model: {setting['model']}",
              f"- setting: {setting['prompts']} prompts × {setting['rollouts']} rollouts × ≤{setting['max_new_tokens']} "
-             f"new tokens; median of {setting['repeats']} repeats after {setting['warmup']} warm-up; "
+             f"new tokens; one {setting['image_size']}×{setting['image_size']} image per prompt; median of "
+             f"{setting['repeats']} repeats after {setting['warmup']} warm-up; "
              "spread = min–max", ""]
     # The load during the run would count this run's own threads, so only the load before it is judged.
     if info["load_at_start"][0] > 0.5 * info["usable_cores"]:
@@ -849,6 +872,8 @@ def parse_args(argv=None):
     p.add_argument("--prompts", type=int, default=4, help="prompts (groups) per step")
     p.add_argument("--rollouts", type=int, default=8, help="rollouts per prompt")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=data.SYNTH_IMAGE_SIZE,
+                   help="side of the prompts' square images in pixels (the synthetic task's: 64)")
     p.add_argument("--micro-batch-tokens", type=int, default=0,
                    help="token budget of a policy forward/backward; 0 = the stage's default")
     p.add_argument("--logprob-tokens", type=int, default=8192, help="response length of the log-prob measurement")
