@@ -177,7 +177,8 @@ def tiny_tokenizer_and_processor(image_size: int = data.SYNTH_IMAGE_SIZE):
     torch.manual_seed(0)
     tokenizer = model.build_tokenizer(data.synthetic_corpus(seed=0))
     processor = model.build_processor(tokenizer)
-    processor.image_processor.size = dict(processor.image_processor.size, longest_edge=max(image_size, 64) ** 2)
+    cap = max(image_size, data.SYNTH_IMAGE_SIZE) ** 2
+    processor.image_processor.size = dict(processor.image_processor.size, longest_edge=cap)
     return tokenizer, processor
 
 

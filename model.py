@@ -633,9 +633,9 @@ def gathered_weights(module: nn.Module):
 def bf16_weights(module: nn.Module):
     """Swap every parameter for a bf16 copy, and back to the very same fp32 tensors afterwards.
 
-    Decoding is bound by reading the weights once per token. An unsharded fp32 policy under
-    autocast would read 4 bytes per weight and write and read a 2-byte copy at every step; the
-    copy made once per rollout phase reads 2 bytes, as FSDP2's mixed-precision unshard does.
+    Decoding is bound by reading the weights once per token: an unsharded fp32 policy reads 4
+    bytes per weight at every step (under autocast, plus a bf16 copy written and read again);
+    from a copy made once per rollout phase it reads 2, as after FSDP2's mixed-precision unshard.
     The copies are kept (2 bytes per weight) and refilled in place, so their addresses never
     change: a compiled decode step's CUDA graphs are recorded once, not once per phase.
     """
