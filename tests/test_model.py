@@ -146,11 +146,11 @@ def test_compiled_static_cache_decoding_samples_the_same_tokens(tiny_dir, synth_
     assert compiled.prompt_len % model.STATIC_CACHE_MULTIPLE == 0 and compiled.prompt_len > eager.prompt_len
     assert torch.equal(compiled.response_ids, eager.response_ids)
     assert torch.equal(compiled.response_mask, eager.response_mask)
-    rows = list(range(8))
+    eager_batch, eager_target, R = eager.micro_batch(list(range(8)))
+    compiled_batch, compiled_target, _ = compiled.micro_batch(list(range(8)))
     with torch.no_grad():
-        a, _ = policy(*eager.micro_batch(rows)[:2])
-        b, _ = policy(*compiled.micro_batch(rows)[:2])
-    R = eager.micro_batch(rows)[2]
+        a, _ = policy(eager_batch, eager_target)
+        b, _ = policy(compiled_batch, compiled_target)
     assert torch.allclose(a[:, -R:], b[:, -R:], atol=1e-5)
     # An optimizer step changes the weights in place: the compiled step must decode with the new ones.
     torch.manual_seed(6)
