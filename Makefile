@@ -24,7 +24,7 @@ demo: $(VENV)/.installed
 	bash scripts/demo.sh $(DEMO)
 
 bench: $(VENV)/.installed
-	$(PY) bench.py
+	$(PY) -m bench
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,10 +1,10 @@
-"""Stage 2 — PRISM alignment: black-box adversarial on-policy distillation against an MoE discriminator (spec §4).
+r"""Stage 2 — PRISM alignment: black-box adversarial on-policy distillation against an MoE discriminator (spec §4).
 
 Between SFT and RLVR, the policy is pulled towards the teacher's distribution on its own samples.
 A discriminator D (a Qwen3-VL-MoE with a scalar head, from upcycle_moe.py) scores the perception
 segment (the <caption> block) and the reasoning segment (<think> + <answer>) of each response
 separately; the policy is rewarded for segments D cannot tell from the teacher's, and D is
-trained to tell them apart. One step, in the release's order (§4.2):
+trained to tell them apart. One step (`alignment_step`), in the release's order (§4.2):
 
     1. sample G prompts with teacher demonstrations; n rollouts each at temperature 1.0
     2. validate the format; split each rollout into y_cap and y_rea                          (§2.2–§2.3)
@@ -15,13 +15,13 @@ trained to tell them apart. One step, in the release's order (§4.2):
     5. one discriminator step, teacher y_ref against student y_π for each segment k ∈ {cap, rea}:
            L_D = (1/n_valid) Σ_i v_i Σ_k ℓ(D(x ⊕ y_ref,k), D(x ⊕ y_π,k,i)) + λ·R               (§4.4)
        with ℓ the BCE (default) or Bradley-Terry pair loss and R the mean squared score
-    6. one policy step: PPO-clip 0.2, token-mean, no KL, no entropy term — rlvr.py's update  (§4.6)
+    6. one policy step: PPO-clip 0.2, token-mean, no KL, no entropy term — RLVR's update     (§4.6)
 
 Usage:
     # CPU, the tiny world (see `make demo`)
     python align.py --policy runs/demo/sft/model --discriminator runs/demo/disc/discriminator \
         --data runs/demo/data/align.parquet --out runs/demo/prism --steps 30 --prompts-per-step 4 \
-        --rollouts-per-prompt 8 --max-new-tokens 96 --policy-lr 1e-4 --disc-lr 1e-4
+        --rollouts-per-prompt 8 --max-new-tokens 96 --lr 1e-4 --disc-lr 1e-4
     # 8×H100, the published run (4B policy, 2B-4×MoE discriminator)
     torchrun --nproc_per_node 8 align.py --policy Qwen3-VL-4B-Instruct-SFT \
         --discriminator Qwen3-VL-2B-4X-Moe-warmup-120k --data rl_training_data_5.9k.parquet \
@@ -32,24 +32,27 @@ Writes OUT/model (the aligned policy, for rlvr.py), OUT/discriminator, OUT/check
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import data
 import model
-import rlvr
-from model import arg
+import policy_gradient as pg
+import run
+from run import arg
 
 
 @dataclass
 class Args:
     policy: str = arg(None, "HF directory of the SFT policy", required=True)
     discriminator: str = arg(None, "discriminator directory from upcycle_moe.py (warmed up)", required=True)
-    data: str = arg(None, "prompts with teacher_caption / teacher_cot (published parquet schema)", required=True)
+    data: list[str] = arg([], "prompts with teacher_caption / teacher_cot, one or more files (published parquet "
+                              "schema)", required=True)
     out: str = arg(None, "output directory", required=True)
     seed: int = arg(0, "seed for prompt order and sampling")
     steps: int = arg(500, "alignment steps (one discriminator and one policy update each)")
@@ -66,15 +69,17 @@ class Args:
     format_penalty: float = arg(1.5, "subtracted from the advantage of a malformed rollout")
     score_clip: float = arg(model.SCORE_CLIP, "discriminator scores are clipped to ±this")
     # discriminator step (§4.4)
-    disc_loss: str = arg("bce", "pair loss: bce (GAN form, this project's default) or bt (the release's "
-                                "Bradley-Terry)", choices=list(model.DISCRIMINATOR_LOSSES))
+    disc_loss: Literal["bce", "bt"] = arg("bce", "pair loss: bce (GAN form, this project's default) or bt (the "
+                                                 "release's Bradley-Terry)")
     score_reg: float = arg(1e-3, "λ of the squared-score regulariser")
     disc_lr: float = arg(1e-6, "discriminator learning rate (AdamW, constant)")
-    disc_micro_batch: int = arg(16, "rollouts per discriminator forward/backward on each rank")
+    disc_micro_batch: int = arg(16, "student responses per discriminator forward/backward on each rank, each "
+                                    "scored with its teacher on both segments")
     # policy step (§4.6)
-    policy_lr: float = arg(1e-6, "policy learning rate (AdamW, constant)")
-    clip_ratio: float = arg(0.2, "PPO clip range ε")
-    dual_clip: float = arg(3.0, "dual-clip constant c for A < 0")
+    lr: float = arg(1e-6, "policy learning rate (AdamW, constant)")
+    clip_low: float = arg(0.2, "ε_low of the clipped surrogate")
+    clip_high: float = arg(0.2, "ε_high of the clipped surrogate")
+    dual_clip: float = arg(3.0, "dual-clip constant c for A < 0; 0 = off")
     micro_batch_tokens: int = arg(8192, "token budget of one policy forward/backward (prompt + response)")
     weight_decay: float = arg(0.01, "AdamW weight decay of both models")
     max_grad_norm: float = arg(1.0, "clip each model's global gradient norm to this")
@@ -84,7 +89,7 @@ class Args:
                                       "on GPU); compiles once per 64-token prompt-length bucket")
     max_skipped_steps: int = arg(10, "stop after this many optimizer steps in a row with a non-finite gradient")
     save_every: int = arg(100, "write a resumable checkpoint every this many steps (and at the end)")
-    device: str = arg(None, "cpu or cuda; default: cuda when available")
+    device: str | None = arg(None, "cpu or cuda; default: cuda when available")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,10 +118,10 @@ def alignment_advantages(r_cap: torch.Tensor, r_rea: torch.Tensor, valid: torch.
         A_i = α · z(r_cap)_i + (1 − α) · z(r_rea)_i − p · [rollout i is malformed]
 
     with invalid scores first filled by fill_invalid_scores and z the group z-score of
-    rlvr.group_advantages (unbiased std, ε = 1e-6). All inputs (B,); returns (B,).
+    pg.group_advantages (unbiased std, ε = 1e-6). All inputs (B,); returns (B,).
     """
-    z_cap = rlvr.group_advantages(fill_invalid_scores(r_cap, valid, group), group)
-    z_rea = rlvr.group_advantages(fill_invalid_scores(r_rea, valid, group), group)
+    z_cap = pg.group_advantages(fill_invalid_scores(r_cap, valid, group), group)
+    z_rea = pg.group_advantages(fill_invalid_scores(r_rea, valid, group), group)
     return alpha * z_cap + (1.0 - alpha) * z_rea - format_penalty * (~valid).float()
 
 
@@ -143,51 +148,36 @@ def discriminator_loss(t_cap: torch.Tensor, s_cap: torch.Tensor, t_rea: torch.Te
 
 
 # ----------------------------------------------------------------------------------------------
-# Scoring with the discriminator
+# Segments and their scores
 # ----------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Segments:
-    """The scored sequences of one step on this rank, as token lists (B rollouts, G prompts)."""
+    """The scored sequences of one step on this rank, as (perception, reasoning) token lists."""
 
-    student_cap: list[list[int]]  # B
-    student_rea: list[list[int]]  # B
+    student: list[tuple[list[int], list[int]]]  # B rollouts
     valid: torch.Tensor  # (B,) bool: the rollout follows the format
-    teacher_cap: list[list[int]]  # G
-    teacher_rea: list[list[int]]  # G
+    teacher: list[tuple[list[int], list[int]]]  # G prompts
 
 
 def split_rollouts(rollouts: model.Rollouts, examples: list[data.Example], tokenizer) -> Segments:
     """Step 2: each rollout's perception and reasoning segments, and the teacher's for each prompt."""
     splits = [data.split_segments(tokenizer, ids) for ids in rollouts.responses()]
     teacher = [data.text_segments(tokenizer, e.teacher_caption, e.teacher_cot) for e in examples]
-    return Segments([s[0] for s in splits], [s[1] for s in splits], torch.tensor([s[2] for s in splits]),
-                    [t[0] for t in teacher], [t[1] for t in teacher])
+    return Segments([s[:2] for s in splits], torch.tensor([s[2] for s in splits]), teacher)
 
 
-def score_rows(disc, rollouts: model.Rollouts, segs: Segments, rows: list[int], pad_id: int, clip: float,
-               d: model.Dist, bf16: bool):
-    """Clipped scores of rollouts `rows` and of their prompts' teachers, in one forward.
-
-    Returns (t_cap, s_cap, t_rea, s_rea), each (len(rows),): the teacher score is repeated for
-    every rollout of its prompt. Teacher and student sequences share the prompt tokens and images.
-    """
+def score_rollouts(disc, rollouts: model.Rollouts, segs: Segments, rows: list[int], pad_id: int, args: Args,
+                   d: run.Dist) -> model.SegmentScores:
+    """Clipped scores of rollouts `rows` and of their prompts' teachers, in one forward."""
     groups = rollouts.group[rows].tolist()
-    firsts = sorted({g: r for r, g in zip(rows, groups)}.values())  # one row per prompt: the teacher's inputs
-    where = {rollouts.group[r].item(): k for k, r in enumerate(firsts)}
-    prompts = rollouts.batch.select(firsts + rows + firsts + rows)
-    seqs = [segs.teacher_cap[g] for g in rollouts.group[firsts].tolist()] + [segs.student_cap[r] for r in rows] + \
-        [segs.teacher_rea[g] for g in rollouts.group[firsts].tolist()] + [segs.student_rea[r] for r in rows]
-    batch = data.encode_scored(prompts, rollouts.prompt_len, seqs, pad_id).to(d.device)
-    with model.autocast(d, bf16):
-        scores, _ = disc(batch)
-    scores = model.clip_scores(scores, clip)
-    G, B = len(firsts), len(rows)
-    teacher_of = torch.tensor([where[g] for g in groups], device=scores.device)
-    t_cap, s_cap = scores[:G][teacher_of], scores[G:G + B]
-    t_rea, s_rea = scores[G + B:2 * G + B][teacher_of], scores[2 * G + B:]
-    return t_cap, s_cap, t_rea, s_rea
+    distinct = sorted(set(groups))
+    firsts = [rows[groups.index(g)] for g in distinct]  # one row per prompt: its prompt tokens and images
+    scores, _ = model.score_segments(disc, rollouts.batch.select(firsts), rollouts.prompt_len,
+                                     [segs.teacher[g] for g in distinct], [segs.student[r] for r in rows],
+                                     [distinct.index(g) for g in groups], pad_id, args.score_clip, d, args.bf16)
+    return scores
 
 
 def chunks(n: int, size: int) -> list[list[int]]:
@@ -195,18 +185,85 @@ def chunks(n: int, size: int) -> list[list[int]]:
 
 
 # ----------------------------------------------------------------------------------------------
-# The training loop
+# One alignment step
 # ----------------------------------------------------------------------------------------------
 
 
-def main(args: Args) -> None:
-    # ------------------------------------------------------------------ setup
-    d = model.init_distributed(args.device)
-    model.seed_everything(args.seed + d.rank)  # ranks sample different responses
+def alignment_step(policy, disc, optimizers: dict, schedulers: dict, processor, examples: list[data.Example],
+                   args: Args, loss_cfg: pg.LossConfig, d: run.Dist,
+                   split: Callable[..., Segments] = split_rollouts) -> dict:
+    """Steps 1–6 of the module docstring on this rank's prompts; returns the step's metrics and timings.
+
+    `split` (step 2) turns rollouts into segments and validity; tests pass their own.
+    """
+    tokenizer, pad_id = processor.tokenizer, processor.tokenizer.pad_token_id
+    # 1. Prompts carrying teacher demonstrations; n rollouts each.
+    t0 = time.time()
+    rollouts = model.generate_rollouts(policy, data.encode_prompts(processor, examples).to(d.device), tokenizer,
+                                       args.rollouts_per_prompt, args.max_new_tokens, args.temperature, args.top_p,
+                                       bf16=args.bf16, compile_decode=args.compile_decode)
+    t1 = time.time()
+
+    # 2. Validate the format and split every rollout into its two segments.
+    segs = split(rollouts, examples, tokenizer)
+    B = len(segs.valid)
+
+    # 3. Reward: D in eval mode, before its update. Malformed rollouts are scored too (and their
+    #    scores discarded) so that every rank runs the same forwards.
+    disc.eval()
+    with torch.no_grad():
+        scores = model.SegmentScores.cat([score_rollouts(disc, rollouts, segs, rows, pad_id, args, d)
+                                          for rows in chunks(B, args.disc_micro_batch)])
+    r_cap, r_rea = scores.student_perception.cpu() * segs.valid, scores.student_reasoning.cpu() * segs.valid
+
+    # 4. Advantages from the two segment rewards.
+    advantages = alignment_advantages(r_cap, r_rea, segs.valid, rollouts.group.cpu(), args.alpha,
+                                      args.format_penalty)
+    t2 = time.time()
+
+    # 5. One discriminator step: teacher against student, both segments, valid rollouts.
+    disc.train()
+    n_valid, n_rows = run.global_sum(segs.valid.sum().item(), d), run.global_sum(B, d)
+    disc_loss = 0.0
+    for rows in chunks(B, args.disc_micro_batch):
+        s = score_rollouts(disc, rollouts, segs, rows, pad_id, args, d)
+        loss = discriminator_loss(s.teacher_perception, s.student_perception, s.teacher_reasoning,
+                                  s.student_reasoning, segs.valid[rows].to(d.device),
+                                  model.DISCRIMINATOR_LOSSES[args.disc_loss], n_valid, n_rows, args.score_reg)
+        loss.backward()
+        disc_loss += loss.item()
+    disc_grad_norm, disc_stepped = run.clip_and_step(disc, optimizers["discriminator"], schedulers["discriminator"],
+                                                     args.max_grad_norm)
+    t3 = time.time()
+
+    # 6. One policy step with RLVR's clipped policy gradient (policy_gradient.py), the discriminator as the reward.
+    metrics = pg.policy_update(policy, optimizers["policy"], schedulers["policy"], rollouts, advantages,
+                                 rollouts.response_mask.cpu(), loss_cfg, args.micro_batch_tokens, args.max_grad_norm,
+                                 d, args.bf16)
+    t4 = time.time()
+
+    metrics["optim/policy_grad_norm"] = metrics.pop("optim/grad_norm")
+    lengths = rollouts.response_mask.sum(-1).cpu().float()
+    return metrics | model.segment_metrics(scores, segs.valid.to(scores.student_perception.device), d) | {
+        "loss/disc": run.global_sum(disc_loss, d), "optim/disc_grad_norm": disc_grad_norm,
+        "optim/disc_skipped_step": float(not disc_stepped), "reward/format": n_valid / n_rows,
+        "response/length_mean": run.global_sum(lengths.sum().item(), d) / n_rows,
+        "response/truncation_rate": run.global_sum(rollouts.truncated.sum().item(), d) / n_rows,
+        "time/rollout_s": t1 - t0, "time/scoring_s": t2 - t1, "time/disc_update_s": t3 - t2,
+        "time/policy_update_s": t4 - t3}
+
+
+# ----------------------------------------------------------------------------------------------
+# Setup and the loop
+# ----------------------------------------------------------------------------------------------
+
+
+def main(args: Args, split: Callable[..., Segments] = split_rollouts) -> None:
+    d = run.init_distributed(args.device)
+    run.seed_everything(args.seed + d.rank)  # ranks sample different responses
     out = Path(args.out)
     processor = model.load_processor(args.policy)
-    tokenizer = processor.tokenizer
-    if model.load_processor(args.discriminator).tokenizer.get_vocab() != tokenizer.get_vocab():
+    if model.load_processor(args.discriminator).tokenizer.get_vocab() != processor.tokenizer.get_vocab():
         raise SystemExit(f"{args.discriminator} and {args.policy} must share one tokenizer: the discriminator "
                          "reads the policy's tokens")
     policy = model.Policy.from_pretrained(args.policy, device=d.device)
@@ -214,121 +271,38 @@ def main(args: Args) -> None:
     if args.gradient_checkpointing:
         for m in (policy, disc):
             m.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    policy, disc = model.shard(policy, d, args.bf16), model.shard(disc, d, args.bf16)
-    opt_p, sched_p = model.make_optimizer(policy, args.policy_lr, args.weight_decay, args.steps, 1, "constant")
-    opt_d, sched_d = model.make_optimizer(disc, args.disc_lr, args.weight_decay, args.steps, 1, "constant")
-    loss_cfg = rlvr.LossConfig("ppo", args.clip_ratio, args.clip_ratio, args.dual_clip, "token-mean", 0.0,
-                               temperature=args.temperature)
-    pair_loss = model.DISCRIMINATOR_LOSSES[args.disc_loss]
+    models = {"policy": model.shard(policy, d, args.bf16), "discriminator": model.shard(disc, d, args.bf16)}
+    optimizers, schedulers = {}, {}
+    for name, lr in (("policy", args.lr), ("discriminator", args.disc_lr)):
+        optimizers[name], schedulers[name] = run.make_optimizer(models[name], lr, args.weight_decay, args.steps, 1,
+                                                                "constant")
+    loss_cfg = pg.LossConfig.from_args(args)
 
-    prompts = data.load_prompts(args.data)
+    prompts = [e for f in args.data for e in data.load_prompts(f)]
     for e in prompts:
         e.teacher_response()  # raises, naming the record, if a demonstration is missing
     prompts, dropped = data.drop_long_prompts(processor, prompts, args.max_prompt_len)
     if args.prompts_per_step % d.world_size:
         raise SystemExit(f"--prompts-per-step {args.prompts_per_step} must divide by the {d.world_size} ranks")
-    models = {"policy": policy, "discriminator": disc}
-    optimizers, schedulers = {"policy": opt_p, "discriminator": opt_d}, {"policy": sched_p, "discriminator": sched_d}
-    start = 0
-    if args.resume and (ckpt := model.latest_checkpoint(out)):
-        start = model.load_checkpoint(ckpt, models, optimizers, schedulers, d)["step"]
-    guard = model.RunGuard(d, args.max_skipped_steps)
-    log = model.MetricsLog(out, d, ("disc/perception/gap", "disc/reasoning/gap", "reward/format", "loss/disc",
-                                    "response/length_mean", "time/rollout_s"), resume_step=start)
+    training = run.TrainingRun(out, d, processor, models, optimizers, schedulers, args,
+                               ("disc/perception/gap", "disc/reasoning/gap", "reward/format", "loss/disc",
+                                "response/length_mean", "time/rollout_s"))
     if d.is_main:
         print(f"PRISM alignment: {len(prompts)} prompts ({dropped} too long, dropped), {args.prompts_per_step} × "
               f"{args.rollouts_per_prompt} rollouts per step, {args.disc_loss} discriminator loss, α = {args.alpha}")
 
-    # ------------------------------------------------------------------ training loop
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not d.is_main, desc="prism")
-    for step in bar:
-        # 1. Prompts carrying teacher demonstrations; n rollouts each.
-        t0 = time.time()
-        share = args.prompts_per_step // d.world_size
-        picked = data.stream_indices(len(prompts), args.seed, step * args.prompts_per_step, args.prompts_per_step)
-        examples = [prompts[i] for i in picked[d.rank * share:(d.rank + 1) * share]]
-        rollouts = model.generate_rollouts(policy, data.encode_prompts(processor, examples).to(d.device), tokenizer,
-                                           args.rollouts_per_prompt, args.max_new_tokens, args.temperature,
-                                           args.top_p, bf16=args.bf16, compile_decode=args.compile_decode)
-        t1 = time.time()
+    def step(k: int) -> dict:
+        picked = data.stream_indices(len(prompts), args.seed, k * args.prompts_per_step, args.prompts_per_step)
+        examples = [prompts[i] for i in run.rank_share(picked, d)]
+        return alignment_step(models["policy"], models["discriminator"], optimizers, schedulers, processor, examples,
+                              args, loss_cfg, d, split)
 
-        # 2. Validate the format and split every rollout into its two segments.
-        segs = split_rollouts(rollouts, examples, tokenizer)
-        B = len(segs.valid)
-
-        # 3. Reward: D in eval mode, before its update. Malformed rollouts are scored too (and
-        #    their scores discarded) so that every rank runs the same forwards.
-        disc.eval()
-        with torch.no_grad():
-            scored = [score_rows(disc, rollouts, segs, rows, tokenizer.pad_token_id, args.score_clip, d, args.bf16)
-                      for rows in chunks(B, args.disc_micro_batch)]
-        t_cap, s_cap, t_rea, s_rea = (torch.cat(parts).cpu() for parts in zip(*scored))
-        r_cap, r_rea = s_cap * segs.valid, s_rea * segs.valid
-
-        # 4. Advantages from the two segment rewards.
-        advantages = alignment_advantages(r_cap, r_rea, segs.valid, rollouts.group.cpu(), args.alpha,
-                                          args.format_penalty)
-        t2 = time.time()
-
-        # 5. One discriminator step: teacher against student, both segments, valid rollouts.
-        disc.train()
-        n_valid = model.global_sum(segs.valid.sum().item(), d)
-        n_rows = model.global_sum(B, d)
-        disc_loss = 0.0
-        for rows in chunks(B, args.disc_micro_batch):
-            scores = score_rows(disc, rollouts, segs, rows, tokenizer.pad_token_id, args.score_clip, d, args.bf16)
-            loss = discriminator_loss(*scores, segs.valid[rows].to(d.device), pair_loss, n_valid, n_rows,
-                                      args.score_reg)
-            loss.backward()
-            disc_loss += loss.item()
-        disc_grad_norm, disc_stepped = model.clip_and_step(disc, opt_d, sched_d, args.max_grad_norm)
-        t3 = time.time()
-
-        # 6. One policy step with RLVR's clipped policy gradient, the discriminator as the reward.
-        metrics = rlvr.policy_update(policy, opt_p, sched_p, rollouts, advantages, rollouts.response_mask.cpu(),
-                                     loss_cfg, args.micro_batch_tokens, args.max_grad_norm, d, args.bf16)
-        t4 = time.time()
-        guard.record(step + 1, disc_stepped and not metrics["optim/skipped_step"])
-
-        # 7. Log and checkpoint.
-        metrics["optim/policy_grad_norm"] = metrics.pop("optim/grad_norm")
-        metrics |= segment_metrics(t_cap, s_cap, t_rea, s_rea, segs.valid, d)
-        lengths = rollouts.response_mask.sum(-1).cpu().float()
-        metrics |= {"loss/disc": model.global_sum(disc_loss, d), "optim/disc_grad_norm": disc_grad_norm,
-                    "optim/disc_skipped_step": float(not disc_stepped), "reward/format": n_valid / n_rows,
-                    "response/length_mean": model.global_sum(lengths.sum().item(), d) / n_rows,
-                    "response/truncation_rate": model.global_sum(rollouts.truncated.sum().item(), d) / n_rows,
-                    "time/rollout_s": t1 - t0, "time/scoring_s": t2 - t1, "time/disc_update_s": t3 - t2,
-                    "time/policy_update_s": t4 - t3}
-        log.write(step + 1, metrics, bar)
-        preempted = guard.preempted()
-        if preempted or (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            model.save_checkpoint(out, step + 1, models, optimizers, schedulers, processor, d)
-        if preempted:
-            guard.exit(step + 1, out)
-
-    # ------------------------------------------------------------------ saving
-    policy.save_pretrained(processor, out / "model", d)
-    disc.save_pretrained(processor, out / "discriminator", d)
+    training.loop(args.steps, step, "prism")
+    models["policy"].save_pretrained(processor, out / "model", d)
+    models["discriminator"].save_pretrained(processor, out / "discriminator", d)
     if d.is_main:
         print(f"saved {out / 'model'} and {out / 'discriminator'}")
 
 
-def segment_metrics(t_cap, s_cap, t_rea, s_rea, valid: torch.Tensor, d: model.Dist) -> dict:
-    """Per expert: teacher and student score means over valid rollouts, their gap, and D's accuracy.
-
-    The gap T − S is the quantity of the paper's training-dynamics figure (§9.4).
-    """
-    n = max(model.global_sum(valid.sum().item(), d), 1.0)
-    out = {}
-    for name, t, s in (("perception", t_cap, s_cap), ("reasoning", t_rea, s_rea)):
-        t_mean = model.global_sum(t[valid].sum().item(), d) / n
-        s_mean = model.global_sum(s[valid].sum().item(), d) / n
-        out |= {f"disc/{name}/teacher_score": t_mean, f"disc/{name}/student_score": s_mean,
-                f"disc/{name}/gap": t_mean - s_mean,
-                f"disc/{name}/accuracy": model.global_sum((t > s)[valid].sum().item(), d) / n}
-    return out
-
-
 if __name__ == "__main__":
-    model.run_stage(main, Args)
+    run.run_stage(main, Args)

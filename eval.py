@@ -1,7 +1,7 @@
-"""Evaluation — accuracy, format validity and response length of checkpoints on benchmarks (spec §8, §0.1).
+r"""Evaluation — accuracy, format validity and response length of checkpoints on benchmarks (spec §8, §0.1).
 
 Each checkpoint answers every item of every benchmark once in the caption/think/answer format,
-and the answer inside <answer> is graded by the project's rule judge (data.reward_parts; no LLM
+and the answer inside <answer> is graded by the project's rule judge (grading.reward_parts; no LLM
 judge, so no step can flip a wrong answer to a right one):
 
     accuracy   = mean_i acc_i      acc_i = 1 iff the response is well formed and its answer matches the truth
@@ -23,10 +23,10 @@ are gathered on rank 0. The per-item results do not depend on the number of rank
 
 Usage:
     # CPU, the tiny world (see `make demo`)
-    python eval.py --model runs/demo/sft/model runs/demo/prism/model --names sft prism \
+    python eval.py --policy runs/demo/sft/model runs/demo/prism/model --policy-names sft prism \
         --data runs/demo/data/test.jsonl --max-new-tokens 128 --batch-size 16 --out runs/demo/eval.json
     # 8×H100, the published checkpoints on MathVista testmini and MMMU validation
-    torchrun --nproc_per_node 8 eval.py --model Qwen3-VL-4B-Instruct-SFT Qwen3-VL-4B-Instruct-SFT-PRISM \
+    torchrun --nproc_per_node 8 eval.py --policy Qwen3-VL-4B-Instruct-SFT Qwen3-VL-4B-Instruct-SFT-PRISM \
         --data 'MathVista/data/testmini-*.parquet' 'MMMU/*/validation-*.parquet' --data-names mathvista mmmu \
         --out results.json
     # the paper's sampled decoding instead of greedy: add  --sample --temperature 1.0 --top-p 0.7
@@ -53,18 +53,21 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import data
+import grading
 import model
+import run
 from data import DataError, Example
-from model import arg
+from run import arg
 
 
 @dataclass
 class Args:
-    model: list = arg([], "HF directories of the checkpoints to compare", required=True)
-    data: list = arg([], "benchmark files (JSONL or parquet); a quoted glob makes one benchmark of its files",
-                     required=True)
-    names: list = arg([], "one name per --model for the table (default: the shortest distinct path endings)")
-    data_names: list = arg([], "one name per --data (default: the shortest distinct path endings)")
+    policy: list[str] = arg([], "HF directories of the checkpoints to compare", required=True)
+    data: list[str] = arg([], "benchmark files (JSONL or parquet); a quoted glob makes one benchmark of its files",
+                          required=True)
+    policy_names: list[str] = arg([], "one name per --policy for the table (default: the shortest distinct path "
+                                      "endings)")
+    data_names: list[str] = arg([], "one name per --data (default: the shortest distinct path endings)")
     out: str = arg("results.json", "JSON file for the summaries and every item's record")
     max_new_tokens: int = arg(8192, "response length limit (the paper's MMMU setting); longer ones count as truncated")
     batch_size: int = arg(16, "prompts per generate call on each rank")
@@ -76,7 +79,7 @@ class Args:
     bf16: bool = arg(True, "bf16 weights on GPU (ignored on CPU)")
     compile_decode: bool = arg(False, "static KV cache and a torch.compile'd decode step in generate (CUDA graphs "
                                       "on GPU); compiles once per 64-token prompt-length bucket")
-    device: str = arg(None, "cpu or cuda; default: cuda when available")
+    device: str | None = arg(None, "cpu or cuda; default: cuda when available")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,7 +251,7 @@ def grade_item(index: int, example: Example, response: str, tokens: int, truncat
     so evaluation grades exactly as the RL reward does.
     """
     parsed = data.parse_response(response)
-    _, accuracy, fmt = data.reward_parts(response, example.answer)
+    _, accuracy, fmt = grading.reward_parts(response, example.answer)
     return {"index": index, "id": example.id, "qtype": example.qtype, "truth": example.answer,
             "response": response, "parsed_answer": parsed.answer if parsed.valid else None,
             "accuracy": accuracy, "format": fmt, "tokens": tokens, "truncated": truncated}
@@ -298,7 +301,7 @@ def markdown_table(summaries: dict[str, dict[str, dict]]) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def my_batches(n_items: int, batch_size: int, d: model.Dist) -> list[range]:
+def my_batches(n_items: int, batch_size: int, d: run.Dist) -> list[range]:
     """This rank's batches: the benchmark cut into batches of consecutive items, dealt round-robin.
 
     An item's batch (its neighbours, hence its padding and numerics, and its seed when sampling)
@@ -308,7 +311,7 @@ def my_batches(n_items: int, batch_size: int, d: model.Dist) -> list[range]:
     return [range(s, min(s + batch_size, n_items)) for s in starts[d.rank::d.world_size]]
 
 
-def evaluate_shard(policy: model.Policy, processor, examples: list[Example], args: Args, d: model.Dist,
+def evaluate_shard(policy: model.Policy, processor, examples: list[Example], args: Args, d: run.Dist,
                    desc: str) -> list[dict]:
     """This rank's item records: one response per item, generated batch by batch."""
     tokenizer = processor.tokenizer
@@ -317,7 +320,7 @@ def evaluate_shard(policy: model.Policy, processor, examples: list[Example], arg
         batch = [examples[i] for i in items]
         prompts = data.encode_prompts(processor, batch).to(d.device)
         # Seeded by the batch, not the rank, so that sampled results too are the same under any number of ranks.
-        model.seed_everything(args.seed * 100_003 + items.start // args.batch_size)
+        run.seed_everything(args.seed * 100_003 + items.start // args.batch_size)
         rollouts = model.generate_rollouts(policy, prompts, tokenizer, n=1, max_new_tokens=args.max_new_tokens,
                                            temperature=args.temperature, top_p=args.top_p, greedy=not args.sample,
                                            compile_decode=args.compile_decode)
@@ -327,7 +330,7 @@ def evaluate_shard(policy: model.Policy, processor, examples: list[Example], arg
     return records
 
 
-def gather_records(records: list[dict], n_items: int, d: model.Dist) -> list[dict]:
+def gather_records(records: list[dict], n_items: int, d: run.Dist) -> list[dict]:
     """Every rank's records, in item order; an item missing or answered twice is an error."""
     if d.distributed:
         parts = [None] * d.world_size
@@ -341,10 +344,10 @@ def gather_records(records: list[dict], n_items: int, d: model.Dist) -> list[dic
 
 def main(args: Args) -> None:
     # ------------------------------------------------------------------ setup
-    d = model.init_distributed(args.device)
-    names = args.names or short_names(args.model, "--names")
-    if len(names) != len(args.model) or len(set(names)) != len(names):
-        raise DataError(f"--names needs {len(args.model)} distinct names, got {names}")
+    d = run.init_distributed(args.device)
+    names = args.policy_names or short_names(args.policy, "--policy-names")
+    if len(names) != len(args.policy) or len(set(names)) != len(names):
+        raise DataError(f"--policy-names needs {len(args.policy)} distinct names, got {names}")
     # Every benchmark is read and checked before any model is loaded: bad data fails here, naming the record.
     benchmarks = load_benchmarks(args.data, args.data_names, args.limit)
     dtype = torch.bfloat16 if args.bf16 and d.device.type == "cuda" else torch.float32
@@ -356,7 +359,7 @@ def main(args: Args) -> None:
 
     # ------------------------------------------------------------------ generation and grading
     results = {}
-    for name, path in zip(names, args.model):
+    for name, path in zip(names, args.policy):
         processor = model.load_processor(path)
         policy = model.Policy.from_pretrained(path, dtype=dtype, device=d.device)
         results[name] = {"model": path, "benchmarks": {}}
@@ -386,4 +389,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    model.run_stage(main, Args)
+    run.run_stage(main, Args)

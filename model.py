@@ -1,245 +1,28 @@
-"""The network: Qwen3-VL as policy and as MoE discriminator, plus the machinery every stage shares.
+"""The network: Qwen3-VL as the policy and as the MoE discriminator.
 
 Everything that touches weights lives here, once:
-  - distributed set-up from the torchrun environment, FSDP2 sharding, lockstep helpers;
-  - the tiny random Qwen3-VL (with its own tokenizer, processor and chat template) used by the
-    tests and the CPU demo: `python model.py tiny --out DIR`;
   - loading and saving HF-format checkpoints (safetensors only, no remote code);
   - `Policy`: a Qwen3-VL whose forward returns per-token log-probs of chosen tokens, computed
     from the final hidden states in chunks so that full-vocabulary float32 logits never exist;
-  - `Discriminator`: a Qwen3-VL-MoE backbone plus a scalar score head read at the last real token;
+  - `Discriminator`: a Qwen3-VL-MoE backbone plus a scalar score head read at the last real token,
+    its pair losses, and `score_segments`, the one scoring pass of warm-up and alignment;
   - rollouts: a hand-written wrapper around HF `generate`;
-  - the optimizer step (clipping, non-finite guard) and atomic training checkpoints.
+  - FSDP2 sharding and mixed precision.
 
 Shapes: B = rows in a batch, L = padded sequence length, H = hidden size, V = vocabulary size,
 N = number of selected (target) tokens in a batch.
 """
 
-import argparse
 import contextlib
-import hashlib
-import json
-import math
-import os
-import random
-import shutil
-import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data import FORMAT_TAGS, VISION_TOKENS, VLBatch
-
-# ----------------------------------------------------------------------------------------------
-# Distributed set-up
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Dist:
-    """Where this process sits in the job. A plain `python` run is rank 0 of a world of 1."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device: str | None = None) -> Dist:
-    """Read torchrun's environment; NCCL on GPUs, gloo on CPU. `device` forces "cpu" or "cuda"."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device is None else device == "cuda"
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Dist(rank, world_size, local_rank, dev)
-
-
-def all_reduce(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """In-place all-reduce over all ranks (a no-op in a single process). op: sum | max | min."""
-    if dist.is_initialized():
-        dist.all_reduce(x, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
-    return x
-
-
-def global_sum(value: float, d: Dist) -> float:
-    return all_reduce(torch.tensor(float(value), dtype=torch.float64, device=d.device)).item()
-
-
-def global_max(value: int, d: Dist) -> int:
-    return int(all_reduce(torch.tensor(int(value), device=d.device), "max").item())
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-# ----------------------------------------------------------------------------------------------
-# The tiny world's model: a random Qwen3-VL that keeps the real architecture's features
-# ----------------------------------------------------------------------------------------------
-
-SPECIAL_TOKENS = [
-    "<|endoftext|>",  # pad
-    "<|im_start|>",
-    "<|im_end|>",  # end of turn = EOS of every response
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
-
-# Qwen-style template. Newlines are written as expressions: bare text between `{%- -%}` tags
-# would have its "\n" trimmed away.
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
-    "{%- if message['content'] is string -%}{{- message['content'] -}}"
-    "{%- else -%}{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
-    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{{- '<|im_end|>\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
-)
-
-
-def tiny_config(vocab_size: int, token_ids: dict[str, int]):
-    """hidden 128, 4 layers, vision depth 2 with DeepStack at both blocks, interleaved M-RoPE, 2×2 merger.
-
-    About 1.3M parameters with a 1k vocabulary: the whole pipeline runs on 2 CPU cores in minutes.
-    """
-    from transformers import Qwen3VLConfig
-
-    text = dict(
-        vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
-        rms_norm_eps=1e-6, pad_token_id=token_ids["<|endoftext|>"],
-        # head_dim 32 → 16 frequency pairs; [6, 5, 5] mirrors the real [24, 20, 20] of 128.
-        rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [6, 5, 5],
-                         "mrope_interleaved": True},
-    )
-    vision = dict(
-        depth=2, hidden_size=64, intermediate_size=128, num_heads=4, in_channels=3, patch_size=16,
-        spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=128, num_position_embeddings=64,
-        deepstack_visual_indexes=[0, 1],
-    )
-    return Qwen3VLConfig(
-        text_config=text, vision_config=vision, tie_word_embeddings=False,
-        image_token_id=token_ids["<|image_pad|>"], video_token_id=token_ids["<|video_pad|>"],
-        vision_start_token_id=token_ids["<|vision_start|>"], vision_end_token_id=token_ids["<|vision_end|>"],
-    )
-
-
-def build_tokenizer(corpus: list[str], vocab_size: int = 1024):
-    """A byte-level BPE with the Qwen3-VL special tokens and the format tags as atomic tokens.
-
-    The tags must be atomic: otherwise BPE merges across tag boundaries ("</caption><think>" →
-    "</", "caption", "><", "think") and a response's segments stop being token-level prefixes.
-    """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(corpus, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                  additional_special_tokens=SPECIAL_TOKENS[1:2] + SPECIAL_TOKENS[3:])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in FORMAT_TAGS])
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
-
-
-def build_processor(tokenizer):
-    """Qwen3-VL processor for the tiny world: 64×64 images → 2×2 merged tokens, mean/std 0.5 as the real model."""
-    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
-
-    image_processor = Qwen2VLImageProcessor(
-        patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3,
-        size={"shortest_edge": 32 * 32, "longest_edge": 64 * 64},
-    )
-    return Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                            video_processor=Qwen3VLVideoProcessor(patch_size=16, merge_size=2),
-                            chat_template=CHAT_TEMPLATE)
-
-
-def build_tiny(out: str | Path, seed: int = 0) -> Path:
-    """Write a random-init tiny Qwen3-VL with its tokenizer and processor as an HF directory."""
-    from transformers import Qwen3VLForConditionalGeneration
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-    from data import synthetic_corpus
-
-    torch.manual_seed(seed)
-    tokenizer = build_tokenizer(synthetic_corpus(seed=seed))
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    model = Qwen3VLForConditionalGeneration(tiny_config(len(tokenizer), ids))
-    set_generation_tokens(model, tokenizer)
-    out = Path(out)
-    model.save_pretrained(out)
-    build_processor(tokenizer).save_pretrained(out)
-    return out
-
-
-# The published Qwen3-VL shapes (from the released config.json files), for structure tests and
-# benchmarks with random weights: (text, vision) overrides of the shared settings below.
-_QWEN3VL_VISION_SMALL = dict(depth=24, hidden_size=1024, intermediate_size=4096, deepstack_visual_indexes=[5, 11, 17])
-_QWEN3VL_VISION_LARGE = dict(depth=27, hidden_size=1152, intermediate_size=4304, deepstack_visual_indexes=[8, 16, 24])
-QWEN3VL_SHAPES = {
-    "2B": (dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
-                num_key_value_heads=8), _QWEN3VL_VISION_SMALL, True),
-    "4B": (dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-                num_key_value_heads=8), _QWEN3VL_VISION_SMALL, True),
-    "8B": (dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-                num_key_value_heads=8), _QWEN3VL_VISION_LARGE, False),
-    "32B": (dict(hidden_size=5120, intermediate_size=25600, num_hidden_layers=64, num_attention_heads=64,
-                 num_key_value_heads=8), _QWEN3VL_VISION_LARGE, False),
-    "30B-A3B": (dict(hidden_size=2048, moe_intermediate_size=768, num_hidden_layers=48, num_attention_heads=32,
-                     num_key_value_heads=4, num_experts=128, num_experts_per_tok=8, decoder_sparse_step=1,
-                     mlp_only_layers=[]), _QWEN3VL_VISION_LARGE, False),
-}
-
-
-def real_config(name: str):
-    """The config of a published Qwen3-VL size ("2B", "4B", "8B", "32B", "30B-A3B")."""
-    from transformers import Qwen3VLConfig, Qwen3VLMoeConfig
-
-    text, vision, tied = QWEN3VL_SHAPES[name]
-    text = dict(vocab_size=151936, head_dim=128, max_position_embeddings=262144, rms_norm_eps=1e-6,
-                rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
-                                 "mrope_interleaved": True}) | text
-    vision = dict(num_heads=16, in_channels=3, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
-                  num_position_embeddings=2304, out_hidden_size=text["hidden_size"]) | vision
-    cls = Qwen3VLMoeConfig if "num_experts" in text else Qwen3VLConfig
-    return cls(text_config=text, vision_config=vision, tie_word_embeddings=tied, image_token_id=151655,
-               video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
-
+from data import VISION_TOKENS, VLBatch, encode_scored
+from run import Dist, all_reduce, barrier
 
 # ----------------------------------------------------------------------------------------------
 # Loading and saving HF checkpoints
@@ -438,6 +221,10 @@ class Policy(nn.Module):
     def from_pretrained(cls, path, dtype=torch.float32, device="cpu") -> "Policy":
         return cls(load_hf_model(path, dtype, device))
 
+    def load_weights(self, path: Path) -> None:
+        """Fill this (plain or FSDP2-sharded) policy with the weights of the HF directory `path`."""
+        load_full_state_dict(self, {"hf." + k: v for k, v in load_hf_model(path).state_dict().items()})
+
     def save_pretrained(self, processor, out: Path, d: Dist) -> None:
         """Collective: every rank calls it; rank 0 writes the HF directory."""
         state = _hf_state(gather_full_state_dict(self))
@@ -511,6 +298,14 @@ class Discriminator(nn.Module):
         disc.head.load_state_dict(load_file(str(path / SCORE_HEAD_FILE)))
         return disc.to(device=device, dtype=dtype)
 
+    def load_weights(self, path: Path) -> None:
+        """Fill this (plain or FSDP2-sharded) discriminator with the weights of the directory `path`."""
+        from safetensors.torch import load_file
+
+        state = {"hf." + k: v for k, v in load_hf_model(path).state_dict().items()}
+        state["head.weight"] = load_file(str(path / SCORE_HEAD_FILE))["weight"]
+        load_full_state_dict(self, state)
+
     def save_pretrained(self, processor, out: Path, d: Dist) -> None:
         """Collective: every rank calls it; rank 0 writes the MoE HF directory and the score head."""
         from safetensors.torch import save_file
@@ -549,6 +344,83 @@ SCORE_CLIP = 10.0
 def clip_scores(scores: torch.Tensor, limit: float = SCORE_CLIP) -> torch.Tensor:
     """clip(s, −limit, limit): a hard clamp, so scores outside the range get no gradient (spec §4.3)."""
     return scores.clamp(-limit, limit)
+
+
+SEGMENTS = ("perception", "reasoning")
+
+
+@dataclass
+class SegmentScores:
+    """Clipped discriminator scores of B student responses and of their teachers, per segment, each (B,).
+
+    teacher_*[i] is the score of the teacher demonstration for student i's prompt.
+    """
+
+    teacher_perception: torch.Tensor
+    student_perception: torch.Tensor
+    teacher_reasoning: torch.Tensor
+    student_reasoning: torch.Tensor
+
+    def pairs(self):
+        """(segment name, teacher scores, student scores) for the two segments, in SEGMENTS order."""
+        return (("perception", self.teacher_perception, self.student_perception),
+                ("reasoning", self.teacher_reasoning, self.student_reasoning))
+
+    @staticmethod
+    def cat(parts: list["SegmentScores"]) -> "SegmentScores":
+        return SegmentScores(*(torch.cat([getattr(p, f) for p in parts]) for f in SegmentScores.__dataclass_fields__))
+
+    def detach(self) -> "SegmentScores":
+        return SegmentScores(*(getattr(self, f).detach() for f in SegmentScores.__dataclass_fields__))
+
+
+def scoring_batch(prompts: VLBatch, prompt_len: int, teacher: list[tuple[list[int], list[int]]],
+                  student: list[tuple[list[int], list[int]]], prompt_of: list[int], pad_id: int) -> VLBatch:
+    """The 2G + 2B scored sequences of score_segments, left-padded, in its four blocks."""
+    rows = list(range(len(teacher))) + list(prompt_of)
+    segments = [t[0] for t in teacher] + [s[0] for s in student] + [t[1] for t in teacher] + [s[1] for s in student]
+    return encode_scored(prompts.select(rows + rows), prompt_len, segments, pad_id)
+
+
+def score_segments(disc: Discriminator, prompts: VLBatch, prompt_len: int, teacher: list[tuple[list[int], list[int]]],
+                   student: list[tuple[list[int], list[int]]], prompt_of: list[int], pad_id: int, clip: float,
+                   d: Dist, bf16: bool, with_aux_loss: bool = False) -> tuple[SegmentScores, torch.Tensor | None]:
+    """The discriminator's one scoring pass (warm-up, alignment reward and step, held-out evaluation).
+
+    prompts: G rows whose first `prompt_len` columns are left-padded prompts, one per teacher
+    demonstration; teacher: G (perception, reasoning) token lists; student: B of them, student i
+    answering prompt prompt_of[i]. One forward scores the 2G + 2B sequences prompt ⊕ segment, in
+    four blocks (teacher perception, student perception, teacher reasoning, student reasoning) that
+    share the prompts' images; each score is read at the segment's last token (spec §0.1).
+    Returns (clipped scores, the routers' load-balancing loss or None).
+    """
+    G = len(teacher)
+    batch = scoring_batch(prompts, prompt_len, teacher, student, prompt_of, pad_id).to(d.device)
+    with autocast(d, bf16):
+        scores, aux = disc(batch, with_aux_loss=with_aux_loss)
+    scores = clip_scores(scores, clip)
+    teacher_of = torch.as_tensor(prompt_of, device=scores.device)
+    B = len(student)
+    return SegmentScores(scores[:G][teacher_of], scores[G:G + B], scores[G + B:2 * G + B][teacher_of],
+                         scores[2 * G + B:]), aux
+
+
+def segment_metrics(scores: SegmentScores, valid: torch.Tensor, d: Dist, prefix: str = "disc") -> dict:
+    """Per segment over the valid responses of all ranks: mean teacher and student score, their gap
+    T − S (the quantity of the paper's training-dynamics figure, spec §9.4), and the discriminator's
+    accuracy, the share of responses whose teacher scores higher. valid: (B,) bool."""
+    sums = []
+    for _, t, s in scores.pairs():
+        t, s = t.detach().float(), s.detach().float()
+        sums += [t[valid].sum(), s[valid].sum(), (t > s)[valid].sum()]
+    sums = all_reduce(torch.stack(sums + [valid.sum()]).double().to(d.device)).tolist()
+    n = max(sums[-1], 1.0)
+    out = {}
+    for k, name in enumerate(SEGMENTS):
+        teacher, student, correct = (v / n for v in sums[3 * k:3 * k + 3])
+        out |= {f"{prefix}/{name}/teacher_score": teacher, f"{prefix}/{name}/student_score": student,
+                f"{prefix}/{name}/gap": teacher - student, f"{prefix}/{name}/accuracy": correct}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -598,6 +470,28 @@ class Rollouts:
     def responses(self) -> list[list[int]]:
         """Each row's response tokens up to and including the EOS, as lists."""
         return [ids[mask.bool()].tolist() for ids, mask in zip(self.response_ids, self.response_mask)]
+
+    def select(self, rows: list[int]) -> "Rollouts":
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        return Rollouts(self.batch.select(idx), self.response_mask[idx], self.truncated[idx], self.group[idx],
+                        self.prompt_len)
+
+    @staticmethod
+    def concat(parts: list["Rollouts"], pad_id: int) -> "Rollouts":
+        """Rollouts of several generate calls as one: prompts padded on the left, responses on the right,
+        groups renumbered so that they stay distinct."""
+        if len(parts) == 1:
+            return parts[0]
+        P = max(p.prompt_len for p in parts)
+        R = max(p.response_mask.shape[1] for p in parts)
+        batches, masks, groups, offset = [], [], [], 0
+        for p in parts:
+            batches.append(p.batch.padded(P - p.prompt_len, R - p.response_mask.shape[1], pad_id))
+            masks.append(F.pad(p.response_mask, (0, R - p.response_mask.shape[1])))
+            groups.append(p.group - p.group.min() + offset)
+            offset = int(groups[-1].max()) + 1
+        return Rollouts(VLBatch.concat(batches), torch.cat(masks), torch.cat([p.truncated for p in parts]),
+                        torch.cat(groups), P)
 
 
 def response_mask_through_eos(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -766,327 +660,3 @@ def autocast(d: Dist, bf16: bool):
     return contextlib.nullcontext()
 
 
-def token_budget_batches(lengths: list[int], budget: int) -> list[list[int]]:
-    """Group rows into micro-batches whose padded size (rows × longest row) stays within `budget` tokens.
-
-    Rows are taken longest first, so rows of similar length share a micro-batch and little of
-    each forward is padding; a row longer than the budget gets a micro-batch of its own.
-    """
-    batches, current, longest = [], [], 0
-    for row in sorted(range(len(lengths)), key=lambda r: -lengths[r]):
-        if current and (len(current) + 1) * max(longest, lengths[row]) > budget:
-            batches.append(current)
-            current, longest = [], 0
-        current.append(row)
-        longest = max(longest, lengths[row])
-    return batches + ([current] if current else [])
-
-
-def lockstep_count(local_count: int, d: Dist) -> int:
-    """Forward/backward passes every rank must run: FSDP2 collectives need the same count everywhere."""
-    return global_max(local_count, d)
-
-
-# ----------------------------------------------------------------------------------------------
-# Optimisation
-# ----------------------------------------------------------------------------------------------
-
-
-def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
-    """LR multiplier: linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def constant_with_warmup(step: int, total: int, warmup: int) -> float:
-    return (step + 1) / warmup if step < warmup else 1.0
-
-
-def make_optimizer(module: nn.Module, lr: float, weight_decay: float, total_steps: int, warmup_steps: int,
-                   schedule: str = "cosine"):
-    """AdamW over the trainable parameters, with a LambdaLR schedule (cosine or constant, both warm-up)."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
-    fn = {"cosine": cosine_with_warmup, "constant": constant_with_warmup}[schedule]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: fn(s, total_steps, warmup_steps))
-    return optimizer, scheduler
-
-
-def clip_and_step(module: nn.Module, optimizer, scheduler, max_norm: float) -> tuple[float, bool]:
-    """Clip the global grad norm, then step — unless the norm is not finite.
-
-    The norm is a global reduction, so every rank takes the same decision: a NaN/inf gradient
-    skips the step everywhere and leaves the weights untouched. Returns (grad_norm, stepped).
-    """
-    params = [p for p in module.parameters() if p.requires_grad]
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    if hasattr(norm, "full_tensor"):
-        norm = norm.full_tensor()
-    norm = float(norm)
-    stepped = math.isfinite(norm)
-    if stepped:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
-    return norm, stepped
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on: a corrupted checkpoint, gradients that stay non-finite."""
-
-
-class RunGuard:
-    """What may end a training run early, decided the same way on every rank.
-
-    Preemption: SIGTERM (what schedulers and torchrun send) only raises a flag; the loop finishes
-    its step, writes a resumable checkpoint and exits cleanly. Numerical faults: clip_and_step
-    already skips a step whose gradient norm is not finite; after `max_skipped` such steps in a
-    row the run stops with a clear error instead of training on nothing.
-    """
-
-    def __init__(self, d: Dist, max_skipped: int):
-        self.d, self.max_skipped, self.skipped_in_a_row, self._signalled = d, max_skipped, 0, False
-        signal.signal(signal.SIGTERM, self._on_sigterm)
-
-    def _on_sigterm(self, signum, frame) -> None:
-        self._signalled = True
-
-    def record(self, step: int, stepped: bool) -> None:
-        self.skipped_in_a_row = 0 if stepped else self.skipped_in_a_row + 1
-        if self.skipped_in_a_row >= self.max_skipped:
-            raise TrainingError(f"step {step}: {self.skipped_in_a_row} optimizer steps in a row had a non-finite "
-                                "gradient and were skipped; stopping (see --max-skipped-steps)")
-
-    def preempted(self) -> bool:
-        """True on every rank as soon as any rank has received SIGTERM (a collective: call it every step)."""
-        return bool(global_max(int(self._signalled), self.d))
-
-    def exit(self, step: int, out: Path) -> None:
-        if self.d.is_main:
-            print(f"preempted: stopped after step {step} with a checkpoint in {out / 'checkpoints'}; "
-                  "continue with --resume")
-        barrier()
-        sys.exit(0)
-
-
-# ----------------------------------------------------------------------------------------------
-# Training checkpoints: atomic directories, verified on resume
-# ----------------------------------------------------------------------------------------------
-
-MANIFEST = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def rng_state() -> dict:
-    """Every generator a step draws from, in plain types and tensors so weights_only loading accepts it."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
-                                                     gauss), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def save_checkpoint(out: Path, step: int, models: dict[str, nn.Module], optimizers: dict, schedulers: dict,
-                    processor, d: Dist, extra: dict | None = None) -> Path:
-    """Write out/checkpoints/step_N atomically: HF dirs, optimizer/scheduler state, per-rank RNG.
-
-    Everything is written under a temporary name and renamed at the end, with a manifest of
-    SHA-256 sums written last, so an interrupted save never looks like a complete checkpoint.
-    """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-    final = out / "checkpoints" / f"step_{step:08d}"
-    tmp = final.with_name(final.name + ".tmp")
-    if d.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    barrier()
-    for name, model in models.items():
-        model.save_pretrained(processor, tmp / name, d)
-    train_state = {"step": step, "extra": extra or {}, "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
-                   "optimizers": {}}
-    for name, opt in optimizers.items():
-        train_state["optimizers"][name] = get_optimizer_state_dict(
-            models[name], opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if d.is_main:
-        torch.save(train_state, tmp / "train_state.pt")
-    torch.save(rng_state(), tmp / f"rng_rank{d.rank}.pt")
-    barrier()
-    if d.is_main:
-        files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        manifest = {str(p.relative_to(tmp)): _sha256(p) for p in files}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    barrier()
-    return final
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint (one with a manifest) under out/checkpoints, if any."""
-    done = sorted(p for p in (out / "checkpoints").glob("step_*") if p.suffix != ".tmp" and (p / MANIFEST).is_file())
-    return done[-1] if done else None
-
-
-def verify_checkpoint(path: Path) -> None:
-    """Raise naming the file if any file of the checkpoint is missing or differs from the manifest."""
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError) as e:
-        raise TrainingError(f"checkpoint {path} is corrupted: {MANIFEST} cannot be read ({e})") from None
-    for rel, digest in manifest.items():
-        f = path / rel
-        if not f.is_file():
-            raise TrainingError(f"checkpoint {path} is incomplete: {rel} is missing")
-        if _sha256(f) != digest:
-            raise TrainingError(f"checkpoint {path} is corrupted: {rel} does not match its checksum")
-
-
-def load_checkpoint(path: Path, models: dict[str, nn.Module], optimizers: dict, schedulers: dict,
-                    d: Dist) -> dict:
-    """Restore weights, optimizer and scheduler states and this rank's RNG; returns the train state.
-
-    Training state is read with weights_only=True: a pickle that carries code is refused.
-    """
-    from safetensors.torch import load_file
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-    verify_checkpoint(path)
-    for name, model in models.items():
-        state = {"hf." + k: v for k, v in load_hf_model(path / name).state_dict().items()}
-        if isinstance(model, Discriminator):
-            state["head.weight"] = load_file(str(path / name / SCORE_HEAD_FILE))["weight"]
-        load_full_state_dict(model, state)
-    train_state = torch.load(path / "train_state.pt", weights_only=True, map_location="cpu")
-    for name, opt in optimizers.items():
-        set_optimizer_state_dict(models[name], opt, train_state["optimizers"][name],
-                                 options=StateDictOptions(full_state_dict=True))
-    for name, sched in schedulers.items():
-        sched.load_state_dict(train_state["schedulers"][name])
-    rng_file = path / f"rng_rank{d.rank}.pt"
-    if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=True))
-    return train_state
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-# ----------------------------------------------------------------------------------------------
-# Metrics
-# ----------------------------------------------------------------------------------------------
-
-
-class MetricsLog:
-    """Namespaced metrics (`loss/...`, `reward/...`, `time/...`), one JSON line per step in
-    out/metrics.jsonl, and a console line with the few that matter (rank 0 only).
-
-    On resume, lines after the resumed step are dropped so the file matches the weights.
-    """
-
-    def __init__(self, out: Path, d: Dist, console: tuple[str, ...], resume_step: int = 0):
-        self.path = out / "metrics.jsonl"
-        self.enabled = d.is_main
-        self.console = console
-        if self.enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step] \
-                if resume_step and self.path.is_file() else []
-            self.path.write_text("".join(line + "\n" for line in kept))
-
-    def write(self, step: int, metrics: dict, bar=None) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
-        line = f"step {step:>5} | " + " | ".join(f"{k} {_fmt(metrics[k])}" for k in self.console if k in metrics)
-        (bar.write if bar is not None else print)(line)
-
-
-def _fmt(v: float) -> str:
-    v = float(v)
-    return f"{v:.3e}" if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5) else f"{v:.4f}"
-
-
-def arg(default, help: str, **kw):
-    """A documented field of a stage's Args dataclass; `help` becomes the --help text."""
-    from dataclasses import field
-
-    factory = dict(default_factory=lambda: list(default)) if isinstance(default, list) else dict(default=default)
-    return field(**factory, metadata=dict(help=help, **kw))
-
-
-def parse_args(cls, argv=None):
-    """Turn an Args dataclass into a command line: field `max_new_tokens` is flag `--max-new-tokens`.
-
-    bool fields become --flag / --no-flag; list fields take several values; `choices` in a field's
-    metadata restrict its values; fields without a default are required.
-    """
-    import dataclasses
-
-    parser = argparse.ArgumentParser(description=sys.modules[cls.__module__].__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        kw = dict(help=f.metadata.get("help", ""), required=f.metadata.get("required", False), default=default)
-        if f.type in (bool, "bool"):
-            kw["action"] = argparse.BooleanOptionalAction
-        elif isinstance(default, list) or f.metadata.get("nargs"):
-            kw["nargs"] = f.metadata.get("nargs", "+")
-        else:
-            kw["type"] = {"int": int, "float": float, "str": str}.get(str(f.type), None) or \
-                (f.type if f.type in (int, float, str) else str)
-        if "choices" in f.metadata:
-            kw["choices"] = f.metadata["choices"]
-        parser.add_argument(flag, **kw)
-    return cls(**vars(parser.parse_args(argv)))
-
-
-def run_stage(main, args_cls) -> None:
-    """A stage's entry point: parse its Args; bad input ends the run with one clear line, no traceback."""
-    from data import DataError
-
-    args = parse_args(args_cls)
-    try:
-        main(args)
-    except (DataError, TrainingError) as e:
-        sys.exit(f"error: {e}")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    tiny = sub.add_parser("tiny", help="write a random-init tiny Qwen3-VL with tokenizer and processor")
-    tiny.add_argument("--out", required=True, help="output HF directory")
-    tiny.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    path = build_tiny(args.out, args.seed)
-    n = sum(p.numel() for p in load_hf_model(path).parameters())
-    print(f"wrote {path} ({n / 1e6:.2f}M parameters)")
-
-
-if __name__ == "__main__":
-    main()

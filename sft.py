@@ -1,4 +1,4 @@
-"""Stage 1 — supervised fine-tuning of Qwen3-VL on caption/think/answer demonstrations (spec §6).
+r"""Stage 1 — supervised fine-tuning of Qwen3-VL on caption/think/answer demonstrations (spec §6).
 
 The policy learns the response format and the teacher's way of seeing and reasoning by
 maximising the likelihood of demonstration tokens:
@@ -12,10 +12,10 @@ public demonstrations with ~113K high-fidelity Gemini ones.
 
 Usage:
     # CPU, the tiny world (see `make demo`)
-    python sft.py --model runs/demo/tiny --data runs/demo/data/sft_public.jsonl runs/demo/data/sft_teacher.jsonl \
+    python sft.py --policy runs/demo/tiny --data runs/demo/data/sft_public.jsonl runs/demo/data/sft_teacher.jsonl \
         --out runs/demo/sft --steps 200 --micro-batch 8 --grad-accum 1 --lr 1e-3 --warmup-ratio 0.05
     # 8×H100, Qwen3-VL-4B on the published SFT data (gemini_distill + gemini_public_mmr1)
-    torchrun --nproc_per_node 8 sft.py --model Qwen3-VL-4B-Instruct \
+    torchrun --nproc_per_node 8 sft.py --policy Qwen3-VL-4B-Instruct \
         --data gemini_distill.jsonl gemini_public_mmr1.jsonl --out runs/sft-4b \
         --micro-batch 2 --grad-accum 8 --gradient-checkpointing --bf16
     # several nodes: torchrun --nnodes N --node_rank R --rdzv-endpoint HOST:PORT --nproc_per_node 8 sft.py ...
@@ -25,29 +25,28 @@ state for --resume) and OUT/metrics.jsonl.
 """
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 import data
 import model
-from model import arg
+import run
+from run import arg
 
 
 @dataclass
 class Args:
-    model: str = arg(None, "HF directory of the Qwen3-VL to fine-tune", required=True)
-    data: list = arg([], "ShareGPT multimodal JSONL files, mixed (LLaMA-Factory format)")
+    policy: str = arg(None, "HF directory of the Qwen3-VL to fine-tune", required=True)
+    data: list[str] = arg([], "ShareGPT multimodal JSONL files, mixed (LLaMA-Factory format)", required=True)
     out: str = arg(None, "output directory", required=True)
     seed: int = arg(0, "seed for data order and initialisation")
     epochs: float = arg(1.0, "passes over the mixed data (ignored when --steps is given)")
     steps: int = arg(0, "optimizer steps to run; 0 = derive from --epochs")
     resume: bool = arg(False, "continue from the newest complete checkpoint in --out")
     # optimisation (spec §6: AdamW, lr 1e-5, cosine, warm-up ratio 0.1, one epoch, clip 1.0)
-    lr: float = arg(1e-5, "peak learning rate")
+    lr: float = arg(1e-5, "peak learning rate of the policy")
     weight_decay: float = arg(0.0, "AdamW weight decay")
     warmup_ratio: float = arg(0.1, "fraction of steps of linear warm-up before the cosine decay")
     max_grad_norm: float = arg(1.0, "clip the global gradient norm to this")
@@ -60,7 +59,7 @@ class Args:
     bf16: bool = arg(False, "bf16 compute on GPU (FSDP2 mixed precision when sharded, autocast otherwise)")
     max_skipped_steps: int = arg(10, "stop after this many optimizer steps in a row with a non-finite gradient")
     save_every: int = arg(500, "write a resumable checkpoint every this many steps (and at the end)")
-    device: str = arg(None, "cpu or cuda; default: cuda when available")
+    device: str | None = arg(None, "cpu or cuda; default: cuda when available")
 
 
 def sft_loss(logprobs: torch.Tensor, target_mask: torch.Tensor, total_targets: float) -> torch.Tensor:
@@ -73,13 +72,31 @@ def sft_loss(logprobs: torch.Tensor, target_mask: torch.Tensor, total_targets: f
     return -(logprobs * target_mask).sum() / total_targets
 
 
+def sft_step(policy, optimizer, scheduler, micro_batches: list[tuple[data.VLBatch, torch.Tensor]], args: Args,
+             d: run.Dist) -> dict:
+    """One optimizer step on this rank's micro-batches (batch, target mask): the token-mean NLL over
+    every target token of the step on all ranks, then a clipped AdamW step."""
+    total_targets = run.global_sum(sum(target[:, 1:].sum().item() for _, target in micro_batches), d)
+    step_loss = 0.0
+    for batch, target in micro_batches:
+        batch, target = batch.to(d.device), target.to(d.device)
+        with model.autocast(d, args.bf16):
+            logprobs, _ = policy(batch, target)
+        loss = sft_loss(logprobs, target, total_targets)
+        loss.backward()
+        step_loss += loss.item()
+    lr = scheduler.get_last_lr()[0]
+    grad_norm, stepped = run.clip_and_step(policy, optimizer, scheduler, args.max_grad_norm)
+    return {"loss/sft": run.global_sum(step_loss, d), "optim/lr": lr, "optim/grad_norm": grad_norm,
+            "optim/skipped_step": float(not stepped), "data/target_tokens": total_targets}
+
+
 def main(args: Args) -> None:
-    # ------------------------------------------------------------------ setup
-    d = model.init_distributed(args.device)
-    model.seed_everything(args.seed)
+    d = run.init_distributed(args.device)
+    run.seed_everything(args.seed)
     out = Path(args.out)
-    processor = model.load_processor(args.model)
-    policy = model.Policy.from_pretrained(args.model, device=d.device)
+    processor = model.load_processor(args.policy)
+    policy = model.Policy.from_pretrained(args.policy, device=d.device)
     visual = policy.hf.model.visual
     if args.freeze_vision:
         for part in (visual.patch_embed, visual.pos_embed, visual.blocks):
@@ -99,56 +116,26 @@ def main(args: Args) -> None:
         raise SystemExit(f"no usable conversations in {args.data} ({dropped} longer than {args.max_length})")
     per_step = args.micro_batch * args.grad_accum * d.world_size
     total_steps = args.steps or math.ceil(args.epochs * len(conversations) / per_step)
-    optimizer, scheduler = model.make_optimizer(policy, args.lr, args.weight_decay, total_steps,
-                                                max(1, round(args.warmup_ratio * total_steps)), "cosine")
-    start = 0
-    if args.resume and (ckpt := model.latest_checkpoint(out)):
-        start = model.load_checkpoint(ckpt, {"policy": policy}, {"policy": optimizer}, {"policy": scheduler}, d)["step"]
-    guard = model.RunGuard(d, args.max_skipped_steps)
-    log = model.MetricsLog(out, d, ("loss/sft", "optim/lr", "optim/grad_norm", "time/tokens_per_s", "time/step_s"),
-                           resume_step=start)
+    optimizer, scheduler = run.make_optimizer(policy, args.lr, args.weight_decay, total_steps,
+                                              round(args.warmup_ratio * total_steps), "cosine")
+    training = run.TrainingRun(out, d, processor, {"policy": policy}, {"policy": optimizer}, {"policy": scheduler},
+                               args, ("loss/sft", "optim/lr", "optim/grad_norm", "time/step_s"))
     if d.is_main:
         print(f"SFT: {len(conversations)} conversations ({dropped} too long, dropped), {total_steps} steps of "
               f"{per_step} (micro {args.micro_batch} × accum {args.grad_accum} × ranks {d.world_size})")
 
-    # ------------------------------------------------------------------ training loop
-    bar = tqdm(range(start, total_steps), initial=start, total=total_steps, disable=not d.is_main, desc="sft")
-    for step in bar:
-        t0 = time.time()
+    def step(k: int) -> dict:
         # This step's global batch, and this rank's contiguous share of it.
-        mine = data.stream_indices(len(conversations), args.seed, step * per_step, per_step)
-        mine = mine[d.rank * per_step // d.world_size:(d.rank + 1) * per_step // d.world_size]
-        micro = [data.encode_conversations(processor, [conversations[i] for i in mine[k:k + args.micro_batch]])
-                 for k in range(0, len(mine), args.micro_batch)]
-        total_targets = model.global_sum(sum(target[:, 1:].sum().item() for _, target in micro), d)
-        step_loss = 0.0
-        for batch, target in micro:
-            batch, target = batch.to(d.device), target.to(d.device)
-            with model.autocast(d, args.bf16):
-                logprobs, _ = policy(batch, target)
-            loss = sft_loss(logprobs, target, total_targets)
-            loss.backward()
-            step_loss += loss.item()
-        lr = scheduler.get_last_lr()[0]
-        grad_norm, stepped = model.clip_and_step(policy, optimizer, scheduler, args.max_grad_norm)
-        guard.record(step + 1, stepped)
-        seconds = time.time() - t0
-        log.write(step + 1, {
-            "loss/sft": model.global_sum(step_loss, d), "optim/lr": lr,
-            "optim/grad_norm": grad_norm, "optim/skipped_step": float(not stepped),
-            "time/step_s": seconds, "time/tokens_per_s": total_targets / seconds}, bar)
-        preempted = guard.preempted()
-        if preempted or (step + 1) % args.save_every == 0 or step + 1 == total_steps:
-            model.save_checkpoint(out, step + 1, {"policy": policy}, {"policy": optimizer}, {"policy": scheduler},
-                                  processor, d)
-        if preempted:
-            guard.exit(step + 1, out)
+        mine = run.rank_share(data.stream_indices(len(conversations), args.seed, k * per_step, per_step), d)
+        micro = [data.encode_conversations(processor, [conversations[i] for i in mine[j:j + args.micro_batch]])
+                 for j in range(0, len(mine), args.micro_batch)]
+        return sft_step(policy, optimizer, scheduler, micro, args, d)
 
-    # ------------------------------------------------------------------ saving
+    training.loop(total_steps, step, "sft")
     policy.save_pretrained(processor, out / "model", d)
     if d.is_main:
         print(f"saved {out / 'model'}")
 
 
 if __name__ == "__main__":
-    model.run_stage(main, Args)
+    run.run_stage(main, Args)

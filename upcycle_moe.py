@@ -1,4 +1,4 @@
-"""The discriminator (spec §3): sparse-upcycle a dense Qwen3-VL into a Qwen3-VL-MoE with a score head, then warm it up.
+r"""The discriminator (spec §3): sparse-upcycle a dense Qwen3-VL into a Qwen3-VL-MoE with a score head, then warm it up.
 
 Upcycling (§3.1–§3.2). Every decoder MLP becomes E experts of top-k routing, each expert a noisy copy of the
 dense MLP, expert 0 included; the router and the score head are new; everything else is copied:
@@ -26,8 +26,8 @@ Usage:
     # CPU, the tiny world (see `make demo`)
     python upcycle_moe.py --dense runs/demo/tiny --out runs/demo/disc0 --dtype float32
     python upcycle_moe.py warmup --discriminator runs/demo/disc0 --data runs/demo/data/pairs.jsonl \
-        --eval-data runs/demo/data/pairs_test.jsonl --out runs/demo/warmup --steps 60 --micro-batch 8 \
-        --grad-accum 1 --lr 1e-3
+        --eval-data runs/demo/data/pairs_test.jsonl --out runs/demo/warmup --steps 60 --disc-micro-batch 4 \
+        --grad-accum 1 --disc-lr 1e-3
     # the published recipe: Qwen3-VL-2B → 4 experts top-2, warmed up on 8 GPUs (128 comparisons per step)
     python upcycle_moe.py --dense Qwen3-VL-2B-Instruct --out runs/disc-2b-4x
     torchrun --nproc_per_node 8 upcycle_moe.py warmup --discriminator runs/disc-2b-4x \
@@ -42,19 +42,18 @@ training state for --resume) and OUT/metrics.jsonl.
 
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
-from tqdm import tqdm
 
 import data
 import model
-from model import arg
+import run
+from run import arg
 
 HEAD_STD = 0.02
-SEGMENTS = ("perception", "reasoning")
 # Config keys that describe a file or a class rather than the network; the MoE config gets its own.
 _CONFIG_METADATA = ("model_type", "transformers_version", "architectures", "_name_or_path", "dtype")
 
@@ -69,40 +68,40 @@ class UpcycleArgs:
     noise_std: float = arg(0.01, "std of the i.i.d. Gaussian noise added to every expert weight (absolute)")
     router_std: float = arg(0.02, "std of the routers' Gaussian initialisation")
     aux_coef: float = arg(0.01, "router_aux_loss_coef recorded in the MoE config")
-    dtype: str = arg("bfloat16", "dtype of the written weights", choices=["bfloat16", "float32"])
+    dtype: Literal["bfloat16", "float32"] = arg("bfloat16", "dtype of the written weights")
     seed: int = arg(0, "seed of the noise, the routers and the score head")
 
 
 @dataclass
 class WarmupArgs:
     discriminator: str = arg(None, "HF directory of the upcycled discriminator", required=True)
-    data: str = arg(None, "warm-up pairs JSONL (spec §3.5)", required=True)
+    data: list[str] = arg([], "warm-up pairs JSONL, one or more files (spec §3.5)", required=True)
     out: str = arg(None, "output directory", required=True)
-    eval_data: str = arg(None, "held-out pairs JSONL: per-segment accuracy before training and at the end")
+    eval_data: str | None = arg(None, "held-out pairs JSONL: per-segment accuracy before training and at the end")
     seed: int = arg(0, "seed for data order and dropout")
     epochs: float = arg(1.0, "passes over the comparisons (ignored when --steps is given)")
     steps: int = arg(0, "optimizer steps to run; 0 = derive from --epochs")
     resume: bool = arg(False, "continue from the newest complete checkpoint in --out")
     # the loss (spec §0.1)
-    disc_loss: str = arg("bce", "pair loss: bce = −log σ(T) − log(1−σ(S)), bt = −log σ(T−S)",
-                         choices=list(model.DISCRIMINATOR_LOSSES))
+    disc_loss: Literal["bce", "bt"] = arg("bce", "pair loss: bce = −log σ(T) − log(1−σ(S)), bt = −log σ(T−S)")
     score_clip: float = arg(model.SCORE_CLIP, "scores are clamped to ±this before every loss and metric")
     score_reg: float = arg(1e-3, "coefficient λ of the L2 score regulariser")
     aux_coef: float = arg(0.01, "coefficient β of the router load-balancing loss")
     dropout: float = arg(0.1, "dropout before the score head")
     # optimisation (spec §3.6: AdamW lr 1e-5, wd 0.01, cosine, warm-up 0.1, one epoch, clip 1.0, 128 per step)
-    lr: float = arg(1e-5, "peak learning rate")
+    disc_lr: float = arg(1e-5, "peak learning rate of the discriminator")
     weight_decay: float = arg(0.01, "AdamW weight decay")
     warmup_ratio: float = arg(0.1, "fraction of steps of linear warm-up before the cosine decay")
     max_grad_norm: float = arg(1.0, "clip the global gradient norm to this")
-    micro_batch: int = arg(4, "comparisons per forward/backward on each rank (even: both segments of a line)")
+    disc_micro_batch: int = arg(2, "student responses (lines) per discriminator forward/backward on each rank, each "
+                                   "scored with its teacher on both segments: 2 lines = the release's 4 pairs")
     grad_accum: int = arg(4, "micro-batches per optimizer step on each rank")
     max_length: int = arg(8192, "lines whose prompt plus whole teacher or student response is longer are dropped")
     gradient_checkpointing: bool = arg(False, "recompute decoder activations in backward to save memory")
     bf16: bool = arg(False, "bf16 compute on GPU (FSDP2 mixed precision when sharded, autocast otherwise)")
     max_skipped_steps: int = arg(10, "stop after this many optimizer steps in a row with a non-finite gradient")
     save_every: int = arg(500, "write a resumable checkpoint every this many steps (and at the end)")
-    device: str = arg(None, "cpu or cuda; default: cuda when available")
+    device: str | None = arg(None, "cpu or cuda; default: cuda when available")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,7 +183,7 @@ def main_upcycle(args: UpcycleArgs) -> None:
     disc, sources = upcycle(dense, args.experts, args.top_k, args.noise_std, args.router_std, args.aux_coef,
                             args.seed)
     out = Path(args.out)
-    disc.save_pretrained(processor, out, model.Dist())
+    disc.save_pretrained(processor, out, run.Dist())
     counts = {how: sum(h == how for _, h in sources) for how in ("copied", "tiled", "initialised")}
     n_dense = sum(p.numel() for p in dense.parameters())
     n_disc = sum(p.numel() for p in disc.parameters())
@@ -216,7 +215,7 @@ def score_reg_share(teacher: torch.Tensor, student: torch.Tensor, total_comparis
 
 
 # ----------------------------------------------------------------------------------------------
-# Warm-up: inputs and scores
+# Warm-up: inputs, scores and one step
 # ----------------------------------------------------------------------------------------------
 
 
@@ -237,49 +236,57 @@ def drop_long_pairs(processor, pairs: list[data.WarmupPair], max_len: int) -> tu
     return kept, len(pairs) - len(kept)
 
 
-def encode_lines(processor, pairs: list[data.WarmupPair]) -> data.VLBatch:
-    """The 4m scored sequences of m lines, left-padded, in four blocks of m rows.
+def line_inputs(processor, pairs: list[data.WarmupPair]):
+    """(prompts, teacher segments, student segments) of m lines, as model.score_segments takes them.
 
-    Blocks: teacher perception, student perception, teacher reasoning, student reasoning. Each row is the
-    line's chat-templated prompt (system, user turn with its images, assistant header) ⊕ one segment.
+    Each line's prompt is chat-templated (system, user turn with its images, assistant header) and
+    its written responses are split exactly as a rollout is (data.text_segments).
     """
     tok = processor.tokenizer
     prompts = data.encode_prompts(processor, [data.Example(p.where, p.question, p.images, p.where) for p in pairs])
     teacher = [data.text_segments(tok, p.teacher_caption, p.teacher_cot) for p in pairs]
     student = [data.text_segments(tok, p.student_caption, p.student_cot) for p in pairs]
-    segments = [seg[k] for k in (0, 1) for side in (teacher, student) for seg in side]
-    m = len(pairs)
-    return data.encode_scored(prompts.select(list(range(m)) * 4), prompts.input_ids.shape[1], segments,
-                              tok.pad_token_id)
+    return prompts, teacher, student
 
 
-def score_lines(disc, processor, pairs: list[data.WarmupPair], d: model.Dist, bf16: bool, with_aux: bool):
-    """Scores (4, m) of m lines (rows as in encode_lines, clipped later) and the routers' aux loss (or None)."""
-    batch = encode_lines(processor, pairs).to(d.device)
-    with model.autocast(d, bf16):
-        scores, aux = disc(batch, with_aux_loss=with_aux)
-    return scores.view(4, len(pairs)), aux
+def score_lines(disc, processor, pairs: list[data.WarmupPair], args: WarmupArgs, d: run.Dist, with_aux: bool):
+    """Clipped scores of m lines' teacher and student segments, and the routers' aux loss (or None)."""
+    prompts, teacher, student = line_inputs(processor, pairs)
+    return model.score_segments(disc, prompts, prompts.input_ids.shape[1], teacher, student, list(range(len(pairs))),
+                                processor.tokenizer.pad_token_id, args.score_clip, d, args.bf16,
+                                with_aux_loss=with_aux)
 
 
-def segment_stats(scores: torch.Tensor) -> torch.Tensor:
-    """(4, m) clipped scores → (6,) sums: per segment, comparisons with T > S, Σ T, Σ S."""
-    return torch.stack([x for k in (0, 2) for x in ((scores[k] > scores[k + 1]).sum(), scores[k].sum(),
-                                                     scores[k + 1].sum())]).double()
-
-
-def stats_metrics(stats: torch.Tensor, lines: float, prefix: str) -> dict:
-    """Global (6,) sums from segment_stats over `lines` lines → accuracy and mean scores per segment."""
-    out = {}
-    for k, seg in enumerate(SEGMENTS):
-        correct, teacher, student = (stats[3 * k + j].item() / lines for j in range(3))
-        out |= {f"{prefix}/{seg}/accuracy": correct, f"{prefix}/{seg}/teacher_score": teacher,
-                f"{prefix}/{seg}/student_score": student}
-    return out
+def warmup_step(disc, optimizer, scheduler, processor, lines: list[data.WarmupPair], args: WarmupArgs,
+                d: run.Dist) -> dict:
+    """One optimizer step on this rank's lines (two comparisons each), in micro-batches of
+    --disc-micro-batch lines: the loss of the module docstring over the step's comparisons on all ranks."""
+    total = run.global_sum(2 * len(lines), d)  # comparisons of the step
+    forwards = run.global_sum(math.ceil(len(lines) / args.disc_micro_batch), d)
+    sums = torch.zeros(3, dtype=torch.float64)  # pair loss, score regulariser, aux loss shares
+    scored = []
+    for k in range(0, len(lines), args.disc_micro_batch):
+        scores, aux = score_lines(disc, processor, lines[k:k + args.disc_micro_batch], args, d, with_aux=True)
+        teacher = torch.cat([scores.teacher_perception, scores.teacher_reasoning])  # both segments' comparisons
+        student = torch.cat([scores.student_perception, scores.student_reasoning])
+        pair_loss = pair_loss_share(teacher, student, args.disc_loss, total)
+        reg = score_reg_share(teacher, student, total)
+        aux = aux / forwards
+        (pair_loss + args.score_reg * reg + args.aux_coef * aux).backward()
+        sums += torch.stack([pair_loss.detach(), reg.detach(), aux.detach()]).double().cpu()
+        scored.append(scores.detach())
+    lr = scheduler.get_last_lr()[0]
+    grad_norm, stepped = run.clip_and_step(disc, optimizer, scheduler, args.max_grad_norm)
+    sums = run.all_reduce(sums.to(d.device)).tolist()
+    scores = model.SegmentScores.cat(scored)
+    every = torch.ones(len(lines), dtype=torch.bool, device=scores.student_perception.device)
+    return {"loss/disc": sums[0], "loss/score_reg": sums[1], "loss/aux": sums[2],
+            **model.segment_metrics(scores, every, d, "disc"), "optim/lr": lr, "optim/grad_norm": grad_norm,
+            "optim/skipped_step": float(not stepped)}
 
 
 @torch.no_grad()
-def evaluate(disc, processor, pairs: list[data.WarmupPair], lines_per_forward: int, clip: float,
-             d: model.Dist, bf16: bool) -> dict:
+def evaluate(disc, processor, pairs: list[data.WarmupPair], args: WarmupArgs, d: run.Dist) -> dict:
     """Held-out per-segment accuracy and mean scores, eval mode (no dropout), every rank a share of the lines.
 
     Ranks that run out of lines score line 0 again and discard it: FSDP2 needs the same forwards everywhere.
@@ -287,23 +294,26 @@ def evaluate(disc, processor, pairs: list[data.WarmupPair], lines_per_forward: i
     was_training = disc.training
     disc.eval()
     mine = list(range(d.rank, len(pairs), d.world_size))
-    stats = torch.zeros(6, dtype=torch.float64, device=d.device)
-    for k in range(model.lockstep_count(math.ceil(len(mine) / lines_per_forward), d)):
-        chunk = mine[k * lines_per_forward:(k + 1) * lines_per_forward]
-        scores, _ = score_lines(disc, processor, [pairs[i] for i in chunk or [0]], d, bf16, with_aux=False)
-        if chunk:
-            stats += segment_stats(model.clip_scores(scores, clip))
+    scored, valid = [], []
+    for k in range(run.global_max(math.ceil(len(mine) / args.disc_micro_batch), d)):
+        chunk = mine[k * args.disc_micro_batch:(k + 1) * args.disc_micro_batch]
+        scored.append(score_lines(disc, processor, [pairs[i] for i in chunk or [0]], args, d, with_aux=False)[0])
+        valid += [bool(chunk)] * max(len(chunk), 1)
     disc.train(was_training)
-    return stats_metrics(model.all_reduce(stats), len(pairs), "disc/eval")
+    scores = model.SegmentScores.cat(scored)
+    return model.segment_metrics(scores, torch.tensor(valid, device=scores.student_perception.device), d,
+                                 "disc/eval")
+
+
+# ----------------------------------------------------------------------------------------------
+# Warm-up: setup and the loop
+# ----------------------------------------------------------------------------------------------
 
 
 def main_warmup(args: WarmupArgs) -> None:
-    # ------------------------------------------------------------------ setup
-    d = model.init_distributed(args.device)
-    model.seed_everything(args.seed)
+    d = run.init_distributed(args.device)
+    run.seed_everything(args.seed)
     out = Path(args.out)
-    if args.micro_batch % 2:
-        raise SystemExit(f"--micro-batch {args.micro_batch}: must be even (a line gives two comparisons)")
     processor = model.load_processor(args.discriminator)
     disc = model.Discriminator.from_pretrained(args.discriminator, device=d.device)
     disc.dropout.p = args.dropout
@@ -313,73 +323,37 @@ def main_warmup(args: WarmupArgs) -> None:
     disc.train()
 
     # Every file is read and checked before any step runs: bad data fails here, naming the record.
-    pairs, skipped = data.load_pairs(args.data)
+    loaded = [data.load_pairs(f) for f in args.data]
+    pairs, skipped = [p for pairs, _ in loaded for p in pairs], sum(n for _, n in loaded)
     pairs, dropped = drop_long_pairs(processor, pairs, args.max_length)
     if not pairs:
         raise SystemExit(f"no usable pairs in {args.data} ({skipped} incomplete, {dropped} too long)")
     eval_pairs = drop_long_pairs(processor, data.load_pairs(args.eval_data)[0], args.max_length)[0] \
         if args.eval_data else []
-    per_step = args.micro_batch * args.grad_accum * d.world_size  # comparisons
-    lines_per_step, lines_per_forward = per_step // 2, args.micro_batch // 2
-    total_steps = args.steps or math.ceil(args.epochs * 2 * len(pairs) / per_step)
-    optimizer, scheduler = model.make_optimizer(disc, args.lr, args.weight_decay, total_steps,
-                                                max(1, round(args.warmup_ratio * total_steps)), "cosine")
-    start = 0
-    if args.resume and (ckpt := model.latest_checkpoint(out)):
-        start = model.load_checkpoint(ckpt, {"discriminator": disc}, {"discriminator": optimizer},
-                                      {"discriminator": scheduler}, d)["step"]
-    console = ("loss/disc", "disc/perception/accuracy", "disc/reasoning/accuracy", "disc/eval/perception/accuracy",
-               "disc/eval/reasoning/accuracy", "optim/lr", "time/step_s")
-    guard = model.RunGuard(d, args.max_skipped_steps)
-    log = model.MetricsLog(out, d, console, resume_step=start)
+    lines_per_step = args.disc_micro_batch * args.grad_accum * d.world_size
+    total_steps = args.steps or math.ceil(args.epochs * len(pairs) / lines_per_step)
+    optimizer, scheduler = run.make_optimizer(disc, args.disc_lr, args.weight_decay, total_steps,
+                                              round(args.warmup_ratio * total_steps), "cosine")
+    training = run.TrainingRun(out, d, processor, {"discriminator": disc}, {"discriminator": optimizer},
+                               {"discriminator": scheduler}, args,
+                               ("loss/disc", "disc/perception/accuracy", "disc/reasoning/accuracy",
+                                "disc/eval/perception/accuracy", "disc/eval/reasoning/accuracy", "optim/lr",
+                                "time/step_s"))
     if d.is_main:
         print(f"warm-up: {len(pairs)} lines = {2 * len(pairs)} comparisons ({skipped} incomplete, {dropped} too "
-              f"long, dropped), {total_steps} steps of {per_step} comparisons (micro {args.micro_batch} × accum "
-              f"{args.grad_accum} × ranks {d.world_size}), loss {args.disc_loss}")
-    if eval_pairs and start == 0:
-        log.write(0, evaluate(disc, processor, eval_pairs, lines_per_forward, args.score_clip, d, args.bf16))
+              f"long, dropped), {total_steps} steps of {2 * lines_per_step} comparisons (micro "
+              f"{args.disc_micro_batch} lines × accum {args.grad_accum} × ranks {d.world_size}), loss {args.disc_loss}")
+    if eval_pairs and training.start == 0:
+        training.log.write(0, evaluate(disc, processor, eval_pairs, args, d))
 
-    # ------------------------------------------------------------------ training loop
-    bar = tqdm(range(start, total_steps), initial=start, total=total_steps, disable=not d.is_main, desc="warmup")
-    for step in bar:
-        t0 = time.time()
+    def step(k: int) -> dict:
         # This step's lines, and this rank's contiguous share of them.
-        mine = data.stream_indices(len(pairs), args.seed, step * lines_per_step, lines_per_step)
-        mine = mine[d.rank * lines_per_step // d.world_size:(d.rank + 1) * lines_per_step // d.world_size]
-        total = model.global_sum(2 * len(mine), d)
-        forwards = model.global_sum(math.ceil(len(mine) / lines_per_forward), d)
-        sums = torch.zeros(3, dtype=torch.float64)  # pair loss, score regulariser, aux loss shares
-        stats = torch.zeros(6, dtype=torch.float64)
-        for k in range(0, len(mine), lines_per_forward):
-            scores, aux = score_lines(disc, processor, [pairs[i] for i in mine[k:k + lines_per_forward]], d,
-                                      args.bf16, with_aux=True)
-            scores = model.clip_scores(scores, args.score_clip)
-            teacher, student = scores[0::2].flatten(), scores[1::2].flatten()  # both segments' comparisons
-            pair_loss = pair_loss_share(teacher, student, args.disc_loss, total)
-            reg = score_reg_share(teacher, student, total)
-            aux = aux / forwards
-            (pair_loss + args.score_reg * reg + args.aux_coef * aux).backward()
-            sums += torch.stack([pair_loss.detach(), reg.detach(), aux.detach()]).double().cpu()
-            stats += segment_stats(scores.detach()).cpu()
-        lr = scheduler.get_last_lr()[0]
-        grad_norm, stepped = model.clip_and_step(disc, optimizer, scheduler, args.max_grad_norm)
-        guard.record(step + 1, stepped)
-        sums, stats = model.all_reduce(torch.cat([sums, stats]).to(d.device)).split([3, 6])
-        log.write(step + 1, {
-            "loss/disc": sums[0].item(), "loss/score_reg": sums[1].item(), "loss/aux": sums[2].item(),
-            **stats_metrics(stats, total / 2, "disc"), "optim/lr": lr,
-            "optim/grad_norm": grad_norm, "optim/skipped_step": float(not stepped),
-            "time/step_s": time.time() - t0}, bar)
-        preempted = guard.preempted()
-        if preempted or (step + 1) % args.save_every == 0 or step + 1 == total_steps:
-            model.save_checkpoint(out, step + 1, {"discriminator": disc}, {"discriminator": optimizer},
-                                  {"discriminator": scheduler}, processor, d)
-        if preempted:
-            guard.exit(step + 1, out)
+        mine = run.rank_share(data.stream_indices(len(pairs), args.seed, k * lines_per_step, lines_per_step), d)
+        return warmup_step(disc, optimizer, scheduler, processor, [pairs[i] for i in mine], args, d)
 
-    # ------------------------------------------------------------------ evaluation and saving
+    training.loop(total_steps, step, "warmup")
     if eval_pairs:
-        log.write(total_steps, evaluate(disc, processor, eval_pairs, lines_per_forward, args.score_clip, d, args.bf16))
+        training.log.write(total_steps, evaluate(disc, processor, eval_pairs, args, d))
     disc.save_pretrained(processor, out / "discriminator", d)
     if d.is_main:
         print(f"saved {out / 'discriminator'}")
@@ -388,6 +362,6 @@ def main_warmup(args: WarmupArgs) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["warmup"]:
         del sys.argv[1]
-        model.run_stage(main_warmup, WarmupArgs)
+        run.run_stage(main_warmup, WarmupArgs)
     else:
-        model.run_stage(main_upcycle, UpcycleArgs)
+        run.run_stage(main_upcycle, UpcycleArgs)

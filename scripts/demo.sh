@@ -24,25 +24,25 @@ stage() { printf '\n=== %s (%ds)\n' "$1" $(( $(date +%s) - start )); }
 quiet() { "$@" | { grep -v '^step' || true; }; }
 
 stage "1/8 synthesize the shapes task"
-$PY data.py synth --out "$OUT/data" --seed "$SEED" "${SIZES[@]}"
+$PY -m toy.world --out "$OUT/data" --seed "$SEED" "${SIZES[@]}"
 
 stage "2/8 build the tiny Qwen3-VL"
-$PY model.py tiny --out "$OUT/tiny" --seed "$SEED"
+$PY -m toy.models --out "$OUT/tiny" --seed "$SEED"
 
 stage "3/8 SFT on the public + teacher mixture"
-quiet $PY sft.py --model "$OUT/tiny" --data "$OUT/data/sft_public.jsonl" "$OUT/data/sft_teacher.jsonl" \
+quiet $PY sft.py --policy "$OUT/tiny" --data "$OUT/data/sft_public.jsonl" "$OUT/data/sft_teacher.jsonl" \
     --out "$OUT/sft" --steps "$SFT_STEPS" --micro-batch 16 --lr 2e-3 --warmup-ratio 0.05 --save-every 1000 --seed "$SEED"
 
 stage "4/8 upcycle the SFT model into a 4-expert MoE discriminator and warm it up"
 $PY upcycle_moe.py --dense "$OUT/sft/model" --out "$OUT/disc0" --seed "$SEED"
 quiet $PY upcycle_moe.py warmup --discriminator "$OUT/disc0" --data "$OUT/data/pairs.jsonl" \
-    --eval-data "$OUT/data/pairs_test.jsonl" --out "$OUT/disc" --steps "$WARMUP_STEPS" --micro-batch 16 --grad-accum 1 \
-    --lr 1e-3 --save-every 1000 --seed "$SEED"
+    --eval-data "$OUT/data/pairs_test.jsonl" --out "$OUT/disc" --steps "$WARMUP_STEPS" --disc-micro-batch 8 --grad-accum 1 \
+    --disc-lr 1e-3 --save-every 1000 --seed "$SEED"
 
 RL=(--prompts-per-step 4 --rollouts-per-prompt 8 --max-new-tokens "$NEW_TOKENS" --save-every 1000 --seed "$SEED")
 stage "5/8 PRISM alignment of the SFT policy against the discriminator"
 quiet $PY align.py --policy "$OUT/sft/model" --discriminator "$OUT/disc/discriminator" --data "$OUT/data/align.parquet" \
-    --out "$OUT/prism" --steps "$ALIGN_STEPS" --policy-lr 1e-4 --disc-lr 1e-4 --disc-micro-batch 8 "${RL[@]}"
+    --out "$OUT/prism" --steps "$ALIGN_STEPS" --lr 1e-4 --disc-lr 1e-4 --disc-micro-batch 8 "${RL[@]}"
 
 stage "6/8 GRPO from SFT (the SFT→RLVR baseline)"
 quiet $PY rlvr.py --policy "$OUT/sft/model" --data "$OUT/data/rl.parquet" --algo grpo --out "$OUT/sft_grpo" \
@@ -53,8 +53,8 @@ quiet $PY rlvr.py --policy "$OUT/prism/model" --data "$OUT/data/rl.parquet" --al
     --steps "$RL_STEPS" --lr 1e-4 "${RL[@]}"
 
 stage "8/8 evaluate the five checkpoints on the held-out test set"
-$PY eval.py --model "$OUT/tiny" "$OUT/sft/model" "$OUT/prism/model" "$OUT/sft_grpo/model" "$OUT/prism_grpo/model" \
-    --names Base SFT PRISM SFT+GRPO PRISM+GRPO --data "$OUT/data/test.jsonl" --data-names synthetic-test \
+$PY eval.py --policy "$OUT/tiny" "$OUT/sft/model" "$OUT/prism/model" "$OUT/sft_grpo/model" "$OUT/prism_grpo/model" \
+    --policy-names Base SFT PRISM SFT+GRPO PRISM+GRPO --data "$OUT/data/test.jsonl" --data-names synthetic-test \
     --max-new-tokens "$NEW_TOKENS" --out "$OUT/results.json"
 $PY scripts/report.py "$OUT"
 printf '\ndemo finished in %ds; everything is under %s\n' $(( $(date +%s) - start )) "$OUT"

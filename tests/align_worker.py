@@ -16,25 +16,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import align  # noqa: E402
 import model  # noqa: E402
-
-_split = align.split_rollouts
+import run  # noqa: E402
 
 
 def forced_split(rollouts, examples, tokenizer):
-    segs = _split(rollouts, examples, tokenizer)
+    segs = align.split_rollouts(rollouts, examples, tokenizer)
     ranks = {int(r) for r in os.environ.get("VALID_RANKS", "").split(",") if r}
     segs.valid = torch.full_like(segs.valid, int(os.environ.get("RANK", "0")) in ranks)
     return segs
 
 
 if __name__ == "__main__":
-    if "VALID_RANKS" in os.environ:
-        align.split_rollouts = forced_split
-    args = model.parse_args(align.Args, sys.argv[1:])
-    align.main(args)
+    args = run.parse_args(align.Args, sys.argv[1:])
+    align.main(args, split=forced_split if "VALID_RANKS" in os.environ else align.split_rollouts)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    d = model.init_distributed(args.device)
+    d = run.init_distributed(args.device)
     digest = hashlib.sha256()
     for module in (model.Policy.from_pretrained(Path(args.out) / "model"),
                    model.Discriminator.from_pretrained(Path(args.out) / "discriminator")):

@@ -15,17 +15,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
-    import model
+    from toy.models import build_tiny
 
-    return model.build_tiny(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+    return build_tiny(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
-    import data
+    from toy.world import synthesize
 
     out = tmp_path_factory.mktemp("synth")
-    data.synthesize(out, seed=0, n_sft_teacher=32, n_sft_public=32, n_align=16, n_rl=16, n_pairs=48,
+    synthesize(out, seed=0, n_sft_teacher=32, n_sft_public=32, n_align=16, n_rl=16, n_pairs=48,
                     n_pairs_test=16, n_test=16)
     return out
 

@@ -2,7 +2,7 @@
 
     python tests/fault_worker.py STAGE [the stage's own flags ...]        STAGE: sft | warmup | rlvr | align
 
-The stage runs through model.run_stage, the production entry point, so errors surface exactly as
+The stage runs through run.run_stage, the production entry point, so errors surface exactly as
 they would from `python sft.py ...`. rlvr uses tests/rlvr_worker.py's scripted judge (so groups
 carry signal with a random policy) and align uses tests/align_worker.py's forced validity
 (VALID_RANKS). Faults, each off unless its variable is set:
@@ -25,6 +25,7 @@ import pathlib
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling workers
@@ -34,14 +35,14 @@ import align_worker  # noqa: E402
 import rlvr_worker  # noqa: E402
 
 import align  # noqa: E402
-import data  # noqa: E402
-import model  # noqa: E402
 import rlvr  # noqa: E402
+import run  # noqa: E402
 import sft  # noqa: E402
 import upcycle_moe  # noqa: E402
 
 STAGES = {"sft": (sft.main, sft.Args), "warmup": (upcycle_moe.main_warmup, upcycle_moe.WarmupArgs),
-          "rlvr": (rlvr.main, rlvr.Args), "align": (align.main, align.Args)}
+          "rlvr": (partial(rlvr.main, reward_fn=rlvr_worker.scripted_reward), rlvr.Args),
+          "align": (align.main, align.Args)}
 RANK = int(os.environ.get("RANK", "0"))
 
 
@@ -51,7 +52,7 @@ def _die() -> None:
 
 def pause_for_sigterm(after_step: int) -> None:
     got = []
-    on_sigterm, write = model.RunGuard._on_sigterm, model.MetricsLog.write
+    on_sigterm, write = run.RunGuard._on_sigterm, run.MetricsLog.write
 
     def noting_sigterm(self, signum, frame):
         on_sigterm(self, signum, frame)
@@ -63,14 +64,14 @@ def pause_for_sigterm(after_step: int) -> None:
         while step == after_step and not got and time.monotonic() < deadline:
             time.sleep(0.02)
 
-    model.RunGuard._on_sigterm = noting_sigterm
-    model.MetricsLog.write = write_then_wait
+    run.RunGuard._on_sigterm = noting_sigterm
+    run.MetricsLog.write = write_then_wait
 
 
 def non_finite_loss(steps: str, value: float, ranks: set[int] | None) -> None:
     # The step number is the count of optimizer steps taken so far (+1); clip_and_step is only counted.
     done = [0]
-    loss_fn, clip_and_step = sft.sft_loss, model.clip_and_step
+    loss_fn, clip_and_step = sft.sft_loss, run.clip_and_step
 
     def counted(*args, **kwargs):
         done[0] += 1
@@ -81,26 +82,26 @@ def non_finite_loss(steps: str, value: float, ranks: set[int] | None) -> None:
         hit = steps == "all" or done[0] + 1 in {int(s) for s in steps.split(",")}
         return loss * value if hit and (ranks is None or RANK in ranks) else loss
 
-    model.clip_and_step = counted
+    run.clip_and_step = counted
     sft.sft_loss = faulty
 
 
 def kill_while_saving(where: str, step: int) -> None:
     tmp_name = f"step_{step:08d}.tmp"
     if where == "sha256":
-        sha256 = model._sha256
+        sha256 = run._sha256
 
         def dying_sha256(path):
             if tmp_name in Path(path).parts:
                 _die()
             return sha256(path)
 
-        model._sha256 = dying_sha256
+        run._sha256 = dying_sha256
     elif where == "manifest":
         write_text = pathlib.Path.write_text
 
         def dying_write_text(self, text, *args, **kwargs):
-            if self.name == model.MANIFEST and self.parent.name == tmp_name:
+            if self.name == run.MANIFEST and self.parent.name == tmp_name:
                 with open(self, "w") as f:
                     f.write(text[:len(text) // 2])
                 _die()
@@ -123,10 +124,9 @@ def kill_while_saving(where: str, step: int) -> None:
 if __name__ == "__main__":
     stage = sys.argv.pop(1)
     env = os.environ
-    if stage == "rlvr":
-        data.reward_parts = rlvr_worker.scripted_reward
+    main, args_cls = STAGES[stage]
     if stage == "align" and "VALID_RANKS" in env:
-        align.split_rollouts = align_worker.forced_split
+        main = partial(align.main, split=align_worker.forced_split)
     if "FAULT_PAUSE_AFTER_STEP" in env:
         pause_for_sigterm(int(env["FAULT_PAUSE_AFTER_STEP"]))
     if "FAULT_NAN_STEPS" in env:
@@ -134,4 +134,4 @@ if __name__ == "__main__":
         non_finite_loss(env["FAULT_NAN_STEPS"], float(env.get("FAULT_NAN_VALUE", "nan")), ranks)
     if "FAULT_KILL_AT" in env:
         kill_while_saving(env["FAULT_KILL_AT"], int(env["FAULT_KILL_STEP"]))
-    model.run_stage(*STAGES[stage])
+    run.run_stage(main, args_cls)

@@ -13,21 +13,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import data
 import model
+import run
 
 
 def main(model_dir: str, data_file: str, out: str) -> None:
-    d = model.init_distributed("cpu")
+    d = run.init_distributed("cpu")
     processor = model.load_processor(model_dir)
     policy = model.shard(model.Policy.from_pretrained(model_dir), d, bf16=False)
     conversations = data.load_sft(data_file)[:4]
     share = len(conversations) // d.world_size
     mine = conversations[d.rank * share:(d.rank + 1) * share]
     batch, target = data.encode_conversations(processor, mine)
-    total_tokens = model.global_sum(target[:, 1:].sum().item(), d)
+    total_tokens = run.global_sum(target[:, 1:].sum().item(), d)
     logprobs, _ = policy(batch, target)
     loss = -logprobs.sum() / total_tokens
     loss.backward()
-    global_loss = model.global_sum(loss.item(), d)
+    global_loss = run.global_sum(loss.item(), d)
     grads = {}
     for name, p in policy.named_parameters():
         if p.grad is not None:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import data  # noqa: E402
 import model  # noqa: E402
 import rlvr  # noqa: E402
+import run  # noqa: E402
 
 _alternate = itertools.cycle([1.0, 0.0])
 
@@ -25,12 +25,11 @@ def scripted_reward(text: str, truth: str):
 
 
 if __name__ == "__main__":
-    data.reward_parts = scripted_reward
-    args = model.parse_args(rlvr.Args, sys.argv[1:])
-    rlvr.main(args)
+    args = run.parse_args(rlvr.Args, sys.argv[1:])
+    rlvr.main(args, reward_fn=scripted_reward)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    d = model.init_distributed(args.device)
+    d = run.init_distributed(args.device)
     policy = model.shard(model.Policy.from_pretrained(Path(args.out) / "model"), d, bf16=False)
     state = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
     digest = hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()

@@ -59,7 +59,7 @@ def disc_dir(tiny_dir, tmp_path_factory):
     return out
 
 
-SMALL = ["--prompts-per-step", "2", "--rollouts-per-prompt", "4", "--max-new-tokens", "16", "--policy-lr", "1e-4",
+SMALL = ["--prompts-per-step", "2", "--rollouts-per-prompt", "4", "--max-new-tokens", "16", "--lr", "1e-4",
          "--disc-lr", "1e-4", "--save-every", "1"]
 
 

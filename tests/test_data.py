@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import data
+import grading
 
 VALID = "<caption>\n- red circle at top-left\n</caption>\n<think>\nOne shape.\n</think>\n<answer>1</answer>"
 
@@ -75,12 +76,12 @@ def test_text_segments_match_a_rollout_split(processor):
 
 
 def test_reward_parts():
-    assert data.reward_parts(VALID, "1") == (1.0, 1.0, 1.0)
-    assert data.reward_parts(VALID, "2") == pytest.approx((0.2, 0.0, 1.0))
-    assert data.reward_parts(VALID.replace("<answer>1", "<answer>"), "1") == pytest.approx((0.2, 0.0, 1.0))
-    long = VALID.replace("<answer>1", "<answer>" + "1" * data.MAX_ANSWER_CHARS)
-    assert data.reward_parts(long, "1" * data.MAX_ANSWER_CHARS) == pytest.approx((0.2, 0.0, 1.0))
-    assert data.reward_parts("Sure! " + VALID, "1") == (0.0, 0.0, 0.0)
+    assert grading.reward_parts(VALID, "1") == (1.0, 1.0, 1.0)
+    assert grading.reward_parts(VALID, "2") == pytest.approx((0.2, 0.0, 1.0))
+    assert grading.reward_parts(VALID.replace("<answer>1", "<answer>"), "1") == pytest.approx((0.2, 0.0, 1.0))
+    long = VALID.replace("<answer>1", "<answer>" + "1" * grading.MAX_ANSWER_CHARS)
+    assert grading.reward_parts(long, "1" * grading.MAX_ANSWER_CHARS) == pytest.approx((0.2, 0.0, 1.0))
+    assert grading.reward_parts("Sure! " + VALID, "1") == (0.0, 0.0, 0.0)
 
 
 def test_synthetic_files_round_trip_through_the_loaders(synth_dir):

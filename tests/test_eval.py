@@ -14,6 +14,7 @@ from PIL import Image
 
 import data
 import eval as evaluation
+import grading
 import model
 
 GOOD = "<caption>\n- two shapes\n</caption>\n<think>\nI count them.\n</think>\n<answer>{}</answer>"
@@ -70,7 +71,7 @@ def _stopping_tiny_model(tiny_dir, synth_dir, out):
 def test_two_ranks_give_exactly_the_single_process_results(tiny_dir, synth_dir, tmp_path):
     stopping = _stopping_tiny_model(tiny_dir, synth_dir, tmp_path / "stopping")
     # 7 items in batches of 2: rank 0 answers items 0, 1, 4, 5 and rank 1 items 2, 3, 6.
-    common = ["eval.py", "--model", stopping, stopping, "--names", "a", "b", "--data", synth_dir / "test.jsonl",
+    common = ["eval.py", "--policy", stopping, stopping, "--policy-names", "a", "b", "--data", synth_dir / "test.jsonl",
               "--limit", "7", "--batch-size", "2", "--max-new-tokens", "24", "--device", "cpu"]
     one = run_script(common + ["--out", tmp_path / "one.json"], nproc=1)
     run_script(common + ["--out", tmp_path / "two.json"], nproc=2)
@@ -86,7 +87,7 @@ def test_two_ranks_give_exactly_the_single_process_results(tiny_dir, synth_dir, 
     assert [r["truth"] for r in items] == [e.answer for e in truth]
     for r in items:
         assert 1 <= r["tokens"] <= 24 and (r["tokens"] == 24 or not r["truncated"])
-        assert (r["accuracy"], r["format"]) == data.reward_parts(r["response"], r["truth"])[1:]
+        assert (r["accuracy"], r["format"]) == grading.reward_parts(r["response"], r["truth"])[1:]
     assert {r["truncated"] for r in items} == {True, False} and len({r["tokens"] for r in items}) > 2
     assert one_report["results"]["a"]["benchmarks"]["test.jsonl"]["summary"] == evaluation.summarise(items)
     assert "| a |" in one.stdout and "| b |" in one.stdout
@@ -191,8 +192,8 @@ def test_unknown_parquet_schema_names_the_file_and_its_columns(tmp_path):
 
 
 def test_default_names_are_the_shortest_distinct_path_endings():
-    assert evaluation.short_names(["runs/d/sft/model", "runs/d/prism/model"], "--names") == ["sft/model",
+    assert evaluation.short_names(["runs/d/sft/model", "runs/d/prism/model"], "--policy-names") == ["sft/model",
                                                                                               "prism/model"]
-    assert evaluation.short_names(["ckpt/A", "ckpt/B"], "--names") == ["A", "B"]
-    with pytest.raises(data.DataError, match="--names"):
-        evaluation.short_names(["ckpt/A", "ckpt/A"], "--names")
+    assert evaluation.short_names(["ckpt/A", "ckpt/B"], "--policy-names") == ["A", "B"]
+    with pytest.raises(data.DataError, match="--policy-names"):
+        evaluation.short_names(["ckpt/A", "ckpt/A"], "--policy-names")

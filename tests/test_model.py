@@ -8,6 +8,8 @@ from conftest import run_script
 
 import data
 import model
+import run
+from toy.models import QWEN3VL_SHAPES, SPECIAL_TOKENS, real_config
 
 
 def _examples(synth_dir: Path, n: int) -> list:
@@ -25,7 +27,7 @@ def test_tiny_model_loads_with_plain_transformers_and_keeps_architecture(tiny_di
     assert hf.config.text_config.rope_parameters["mrope_interleaved"]
     assert list(processor.image_processor.image_mean) == [0.5, 0.5, 0.5]
     tok = processor.tokenizer
-    for tag in data.FORMAT_TAGS + tuple(model.SPECIAL_TOKENS):
+    for tag in data.FORMAT_TAGS + tuple(SPECIAL_TOKENS):
         assert len(tok.encode(tag, add_special_tokens=False)) == 1, tag
     # Atomic tags keep "caption then reasoning" a token-level concatenation.
     a, b = "<caption>\n- red circle\n</caption>", "\n<think>\nok\n</think>\n<answer>1</answer>"
@@ -39,7 +41,7 @@ def test_tiny_model_loads_with_plain_transformers_and_keeps_architecture(tiny_di
 
 def test_save_load_round_trip_gives_identical_logits(tiny_dir, synth_dir, processor, tmp_path):
     policy = model.Policy.from_pretrained(tiny_dir)
-    policy.save_pretrained(processor, tmp_path / "copy", model.Dist())
+    policy.save_pretrained(processor, tmp_path / "copy", run.Dist())
     again = model.Policy.from_pretrained(tmp_path / "copy")
     batch = data.encode_prompts(processor, _examples(synth_dir, 3))
     with torch.no_grad():
@@ -202,13 +204,13 @@ def test_fsdp2_two_processes_match_one(tiny_dir, synth_dir, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("name", list(model.QWEN3VL_SHAPES))
+@pytest.mark.parametrize("name", list(QWEN3VL_SHAPES))
 def test_real_qwen3vl_shapes_build_on_meta_device(name):
     from transformers import AutoModelForImageTextToText
 
     expected = {"2B": 2.13e9, "4B": 4.44e9, "8B": 8.77e9, "32B": 33.36e9, "30B-A3B": 31.07e9}[name]
     with torch.device("meta"):
-        hf = AutoModelForImageTextToText.from_config(model.real_config(name))
+        hf = AutoModelForImageTextToText.from_config(real_config(name))
         policy = model.Policy(hf)
     n = sum(p.numel() for p in policy.parameters())
     assert abs(n - expected) / expected < 0.01
@@ -219,13 +221,13 @@ def test_real_qwen3vl_shapes_build_on_meta_device(name):
 
 def test_token_budget_batches_group_similar_lengths_within_budget():
     lengths = [10, 50, 12, 48, 11, 100]
-    batches = model.token_budget_batches(lengths, budget=100)
+    batches = data.token_budget_batches(lengths, budget=100)
     assert sorted(r for b in batches for r in b) == list(range(6))
     assert batches[0] == [5]  # alone: 100 tokens fill the budget
     assert batches[1] == [1, 3]  # 2 × 50
     assert batches[2] == [2, 4, 0]  # 3 × 12
     assert all(len(b) * max(lengths[r] for r in b) <= 100 for b in batches)
-    assert model.token_budget_batches([300], budget=100) == [[0]]
+    assert data.token_budget_batches([300], budget=100) == [[0]]
 
 
 def test_rollout_micro_batches_drop_shared_padding(tiny_dir, synth_dir, processor):
@@ -247,9 +249,9 @@ def test_rollout_micro_batches_drop_shared_padding(tiny_dir, synth_dir, processo
 
 def test_learning_rate_schedules():
     # warm-up 10 of 100 steps: linear to 1 over steps 0–9, then cos decay to 0 at step 100
-    assert model.cosine_with_warmup(0, 100, 10) == pytest.approx(0.1)
-    assert model.cosine_with_warmup(9, 100, 10) == pytest.approx(1.0)
-    assert model.cosine_with_warmup(10, 100, 10) == pytest.approx(1.0)
-    assert model.cosine_with_warmup(55, 100, 10) == pytest.approx(0.5)  # half-way through the decay
-    assert model.cosine_with_warmup(100, 100, 10) == pytest.approx(0.0)
-    assert [model.constant_with_warmup(s, 100, 4) for s in (0, 3, 4, 99)] == pytest.approx([0.25, 1, 1, 1])
+    assert run.cosine_with_warmup(0, 100, 10) == pytest.approx(0.1)
+    assert run.cosine_with_warmup(9, 100, 10) == pytest.approx(1.0)
+    assert run.cosine_with_warmup(10, 100, 10) == pytest.approx(1.0)
+    assert run.cosine_with_warmup(55, 100, 10) == pytest.approx(0.5)  # half-way through the decay
+    assert run.cosine_with_warmup(100, 100, 10) == pytest.approx(0.0)
+    assert [run.constant_with_warmup(s, 100, 4) for s in (0, 3, 4, 99)] == pytest.approx([0.25, 1, 1, 1])

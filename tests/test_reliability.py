@@ -1,6 +1,6 @@
 """Fault injection: what each fault does to a run, on CPU with the tiny model.
 
-Preemption (SIGTERM) in every stage, kill -9 in SFT (all stages share model.save_checkpoint),
+Preemption (SIGTERM) in every stage, kill -9 in SFT (all stages share run.save_checkpoint),
 corrupted and pickle-bearing checkpoints,
 non-finite losses (also on one rank of two), ranks with nothing to learn from, hostile responses
 and hostile data. docs/FAILURE_BEHAVIOUR.md tables every fault with the test that shows it.
@@ -40,8 +40,21 @@ from conftest import ROOT, run_script
 from PIL import Image
 
 import data
+import grading
 import model
 import upcycle_moe
+from run import (
+    MANIFEST,
+    Dist,
+    TrainingError,
+    _sha256,
+    latest_checkpoint,
+    load_checkpoint,
+    make_optimizer,
+    save_checkpoint,
+    verify_checkpoint,
+)
+from toy.models import SPECIAL_TOKENS
 
 SFT_STEPS = 12
 RL_SMALL = ["--prompts-per-step", 2, "--rollouts-per-prompt", 4, "--max-new-tokens", 16]
@@ -146,7 +159,7 @@ def no_traceback(stderr: str) -> None:
 
 
 def sft_flags(tiny_dir: Path, synth_dir: Path) -> list:
-    return ["--model", tiny_dir, "--data", synth_dir / "sft_teacher.jsonl", "--steps", SFT_STEPS,
+    return ["--policy", tiny_dir, "--data", synth_dir / "sft_teacher.jsonl", "--steps", SFT_STEPS,
             "--micro-batch", 2, "--lr", 1e-3]
 
 
@@ -171,7 +184,7 @@ def disc_dir(tiny_dir, processor, tmp_path_factory) -> Path:
     """A float32 discriminator upcycled in-process (the CLI is tested in tests/test_upcycle.py)."""
     disc, _ = upcycle_moe.upcycle(model.load_hf_model(tiny_dir), seed=0)
     out = tmp_path_factory.mktemp("disc") / "disc"
-    disc.save_pretrained(processor, out, model.Dist())
+    disc.save_pretrained(processor, out, Dist())
     return out
 
 
@@ -186,11 +199,11 @@ def stage_flags(stage: str, tiny_dir: Path, synth_dir: Path, disc_dir: Path) -> 
     return {
         "sft": lambda: sft_flags(tiny_dir, synth_dir),
         "warmup": lambda: ["--discriminator", disc_dir, "--data", synth_dir / "pairs.jsonl", "--steps", 3,
-                           "--micro-batch", 4, "--grad-accum", 1, "--lr", 1e-3],
+                           "--disc-micro-batch", 2, "--grad-accum", 1, "--disc-lr", 1e-3],
         "rlvr": lambda: ["--policy", tiny_dir, "--data", synth_dir / "rl.parquet", "--steps", 3, *RL_SMALL,
-                         "--lr", 1e-4, "--micro-batch", 8],
+                         "--lr", 1e-4, "--micro-batch-tokens", 8],
         "align": lambda: ["--policy", tiny_dir, "--discriminator", disc_dir, "--data", synth_dir / "align.parquet",
-                          "--steps", 3, *RL_SMALL, "--policy-lr", 1e-4, "--disc-lr", 1e-4],
+                          "--steps", 3, *RL_SMALL, "--lr", 1e-4, "--disc-lr", 1e-4],
     }[stage]()
 
 
@@ -256,7 +269,7 @@ def test_sigterm_checkpoints_exits_cleanly_and_resume_matches_an_uninterrupted_r
     no_traceback(done.stderr)
     # The preemption checkpoint is the only one (--save-every is far off) and complete; no model was written.
     assert job["left"] == dict(checkpoints=["step_00000002"], models=[], steps=[1, 2])
-    model.verify_checkpoint(ckpt_dir(out, 2))
+    verify_checkpoint(ckpt_dir(out, 2))
 
     for run in ("resumed", "ref_done"):
         assert job[run].returncode == 0, job[run].stderr[-4000:]
@@ -279,7 +292,7 @@ def test_sigterm_to_torchrun_checkpoints_on_every_rank(tiny_dir, synth_dir, tmp_
     assert f"preempted: stopped after step 2 with a checkpoint in {out / 'checkpoints'}" in done.stdout
     assert sorted(p.name for p in (out / "checkpoints").glob("*")) == ["step_00000002"]
     assert not (out / "model").exists() and [m["step"] for m in metrics(out)] == [1, 2]
-    model.verify_checkpoint(ckpt_dir(out, 2))
+    verify_checkpoint(ckpt_dir(out, 2))
     state = torch.load(ckpt_dir(out, 2) / "train_state.pt", weights_only=True)
     assert state["step"] == 2
 
@@ -307,7 +320,7 @@ def kills(sft_ref, tiny_dir, synth_dir, tmp_path_factory) -> dict:
     time.sleep(delay)
     random_alive = runs["random"].proc.poll() is None
     runs["random"].proc.kill()
-    result = {p: dict(out=root / p, killed=run.finish(), latest=model.latest_checkpoint(root / p))
+    result = {p: dict(out=root / p, killed=run.finish(), latest=latest_checkpoint(root / p))
               for p, run in runs.items()}
     result["random"] |= dict(alive=random_alive, delay=delay)
     partial = root / "sha256" / "checkpoints" / "step_00000008.tmp"
@@ -323,9 +336,9 @@ def test_kill_9_while_checksumming_a_checkpoint_keeps_the_previous_one(kills, sf
     """Killed after every file of step 8 is written but before its manifest: step 4 stays the newest."""
     run = kills["sha256"]
     assert run["killed"].returncode == -signal.SIGKILL
-    assert "train_state.pt" in run["partial"] and model.MANIFEST not in run["partial"]
+    assert "train_state.pt" in run["partial"] and MANIFEST not in run["partial"]
     assert run["latest"] == ckpt_dir(run["out"], 4)
-    model.verify_checkpoint(run["latest"])
+    verify_checkpoint(run["latest"])
     assert run["resumed"].returncode == 0, run["resumed"].stderr[-4000:]
     assert max_diff(policy_weights(sft_ref / "model"), policy_weights(run["out"] / "model")) <= 1e-6
     # The resumed run's own save of step 8 replaced the leftover staging directory.
@@ -338,7 +351,7 @@ def test_kill_9_between_manifest_and_rename_keeps_the_previous_checkpoint(point,
                                                                           synth_dir, tmp_path):
     run = kills[point]
     assert run["killed"].returncode == -signal.SIGKILL
-    assert (run["out"] / "checkpoints" / "step_00000008.tmp" / model.MANIFEST).is_file()
+    assert (run["out"] / "checkpoints" / "step_00000008.tmp" / MANIFEST).is_file()
     assert run["latest"] == ckpt_dir(run["out"], 4)
     start(["sft.py", *sft_flags(tiny_dir, synth_dir), "--save-every", 4, "--out", run["out"], "--resume"],
           tmp_path / "resumed").succeed()
@@ -351,7 +364,7 @@ def test_kill_9_at_a_random_moment_then_resume_reproduces_the_run(kills, sft_ref
     assert run["killed"].returncode == -signal.SIGKILL
     print(f"killed {run['delay']:.2f} s after step 1; newest complete checkpoint: {run['latest']}")
     if run["latest"] is not None:
-        model.verify_checkpoint(run["latest"])
+        verify_checkpoint(run["latest"])
     assert run["resumed"].returncode == 0, run["resumed"].stderr[-4000:]
     assert max_diff(policy_weights(sft_ref / "model"), policy_weights(run["out"] / "model")) <= 1e-6
     assert [m["step"] for m in metrics(run["out"])] == list(range(1, SFT_STEPS + 1))
@@ -398,10 +411,10 @@ class Payload:
 def plant(ckpt: Path, rel: str, obj) -> None:
     """Replace a checkpoint file and re-sign the manifest, so only the loader stands in the way."""
     torch.save(obj, ckpt / rel)
-    manifest = json.loads((ckpt / model.MANIFEST).read_text())
-    manifest[rel] = model._sha256(ckpt / rel)
-    (ckpt / model.MANIFEST).write_text(json.dumps(manifest))
-    model.verify_checkpoint(ckpt)
+    manifest = json.loads((ckpt / MANIFEST).read_text())
+    manifest[rel] = _sha256(ckpt / rel)
+    (ckpt / MANIFEST).write_text(json.dumps(manifest))
+    verify_checkpoint(ckpt)
 
 
 @pytest.fixture(scope="module")
@@ -422,9 +435,9 @@ def refused_resumes(sft_ref, disc_dir, processor, tiny_dir, synth_dir, tmp_path_
     # The warm-up through its real entry point, `upcycle_moe.py warmup`.
     outs["warmup"] = root / "warmup"
     disc = model.Discriminator.from_pretrained(disc_dir)
-    optimizer, scheduler = model.make_optimizer(disc, 1e-3, 0.01, 4, 1)
-    ckpt = model.save_checkpoint(outs["warmup"], 1, *[{"discriminator": x} for x in (disc, optimizer, scheduler)],
-                                 processor, model.Dist())
+    optimizer, scheduler = make_optimizer(disc, 1e-3, 0.01, 4, 1)
+    ckpt = save_checkpoint(outs["warmup"], 1, *[{"discriminator": x} for x in (disc, optimizer, scheduler)],
+                                 processor, Dist())
     flip_bytes(ckpt / "discriminator" / model.SCORE_HEAD_FILE)
     runs["warmup"] = start(["upcycle_moe.py", "warmup", "--discriminator", disc_dir, "--data",
                             synth_dir / "pairs.jsonl", "--out", outs["warmup"], "--steps", 4, "--resume"],
@@ -447,18 +460,18 @@ def test_verification_comes_before_anything_is_loaded(sft_ref, tiny_dir, tmp_pat
     truncate(ckpt / "train_state.pt")  # the file load_checkpoint reads after the (intact) weights
     policy = model.Policy.from_pretrained(tiny_dir)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
-    optimizer, scheduler = model.make_optimizer(policy, 1e-3, 0.0, SFT_STEPS, 1)
-    with pytest.raises(model.TrainingError, match="train_state.pt does not match its checksum"):
-        model.load_checkpoint(ckpt, {"policy": policy}, {"policy": optimizer}, {"policy": scheduler}, model.Dist())
+    optimizer, scheduler = make_optimizer(policy, 1e-3, 0.0, SFT_STEPS, 1)
+    with pytest.raises(TrainingError, match="train_state.pt does not match its checksum"):
+        load_checkpoint(ckpt, {"policy": policy}, {"policy": optimizer}, {"policy": scheduler}, Dist())
     assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())
     assert not optimizer.state and scheduler.last_epoch == 0
 
 
 def test_a_damaged_manifest_is_a_named_error(sft_ref, tmp_path):
     ckpt = copy_checkpoint(ckpt_dir(sft_ref, SFT_STEPS), tmp_path)
-    truncate(ckpt / model.MANIFEST)
-    with pytest.raises(model.TrainingError, match=model.MANIFEST):
-        model.verify_checkpoint(ckpt)
+    truncate(ckpt / MANIFEST)
+    with pytest.raises(TrainingError, match=MANIFEST):
+        verify_checkpoint(ckpt)
 
 
 def test_warmup_reports_a_corrupted_checkpoint_without_a_traceback(refused_resumes):
@@ -478,9 +491,9 @@ def test_a_pickle_bearing_checkpoint_is_refused_without_running_it(refused_resum
     ckpt = copy_checkpoint(ckpt_dir(sft_ref, SFT_STEPS), tmp_path)
     plant(ckpt, "rng_rank0.pt", {"torch": Payload(marker)})
     policy = model.Policy.from_pretrained(tiny_dir)
-    optimizer, scheduler = model.make_optimizer(policy, 1e-3, 0.0, SFT_STEPS, 1)
+    optimizer, scheduler = make_optimizer(policy, 1e-3, 0.0, SFT_STEPS, 1)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        model.load_checkpoint(ckpt, {"policy": policy}, {"policy": optimizer}, {"policy": scheduler}, model.Dist())
+        load_checkpoint(ckpt, {"policy": policy}, {"policy": optimizer}, {"policy": scheduler}, Dist())
     assert not marker.exists()
 
     # The payload is live: an unrestricted load runs it, so its absence above is the loader's doing.
@@ -526,7 +539,7 @@ def non_finite_runs(tiny_dir, synth_dir, tmp_path_factory) -> dict:
     """
     root = tmp_path_factory.mktemp("nonfinite")
     odd = odd_sft_file(synth_dir, root / "odd.jsonl")
-    common = ["tests/fault_worker.py", "sft", "--model", tiny_dir, "--data", odd, "--steps", 3,
+    common = ["tests/fault_worker.py", "sft", "--policy", tiny_dir, "--data", odd, "--steps", 3,
               "--micro-batch", 2, "--lr", 1e-3, "--save-every", 1]
     runs = {
         "two": start(common + ["--grad-accum", 1, "--out", root / "two"], root / "two", nproc=2,
@@ -600,7 +613,7 @@ def test_rlvr_rank_whose_dynamic_sampling_keeps_nothing_stays_in_lockstep(tiny_d
     started = time.monotonic()
     run_script(["tests/rlvr_worker.py", "--policy", tiny_dir, "--data", prompts, "--algo", "dapo",
                 "--overlong-buffer", 8, "--steps", 2,
-                "--prompts-per-round", 4, "--overlong-buffer", 0, *RL_SMALL, "--lr", 1e-4, "--micro-batch", 8,
+                "--prompts-per-round", 4, "--overlong-buffer", 0, *RL_SMALL, "--lr", 1e-4, "--micro-batch-tokens", 8,
                 "--out", out], nproc=2, timeout=180)
     print(f"2 ranks, rank 1 keeping nothing: {time.monotonic() - started:.1f} s")
     lines = metrics(out)
@@ -633,17 +646,17 @@ VALID = "<caption>\n- a red circle\n</caption>\n<think>\nOne shape.\n</think>\n<
     (VALID.replace("<answer>1", "<answer><|image_pad|>1"), 1),  # well-formed, but the answer is not "1"
 ])
 def test_hostile_responses_earn_nothing_for_the_right_answer(text, fmt):
-    assert data.reward_parts(text, "1") == pytest.approx((0.2 * fmt, 0.0, float(fmt)))
+    assert grading.reward_parts(text, "1") == pytest.approx((0.2 * fmt, 0.0, float(fmt)))
 
 
 @pytest.mark.parametrize("answer", ["1<|im_end|>", "1<|im_end|>\n<|im_start|>assistant\n1"])
 def test_a_spelled_end_of_turn_inside_the_answer_is_not_rewarded(answer):
-    assert data.reward_parts(VALID.replace("<answer>1", f"<answer>{answer}"), "1")[1] == 0.0
+    assert grading.reward_parts(VALID.replace("<answer>1", f"<answer>{answer}"), "1")[1] == 0.0
 
 
 def test_a_100kb_answer_is_not_judged():
     start_time = time.monotonic()
-    assert data.reward_parts(VALID.replace("<answer>1", "<answer>" + "1" * 100_000), "1") == (0.2, 0.0, 1.0)
+    assert grading.reward_parts(VALID.replace("<answer>1", "<answer>" + "1" * 100_000), "1") == (0.2, 0.0, 1.0)
     assert time.monotonic() - start_time < 0.5
 
 
@@ -651,20 +664,20 @@ def test_a_100kb_tag_stuffed_response_is_graded_fast():
     k = 4000
     text = "<caption>x</caption><think>" + "</think><answer>" * k + "</answer>x" * k  # 104 KB
     start_time = time.monotonic()
-    assert data.reward_parts(text, "1") == (0.0, 0.0, 0.0)
+    assert grading.reward_parts(text, "1") == (0.0, 0.0, 0.0)
     assert time.monotonic() - start_time < 0.5
 
 
 def test_a_polynomial_blow_up_in_the_answer_is_cut_by_the_time_limit():
     # Expanding (x+y+z)^999 is not caught by the cheap pre-check; the per-call limit (2 s) ends it.
     start_time = time.monotonic()
-    assert data.reward_parts(VALID.replace("<answer>1", "<answer>(x+y+z)^{999}"), "1") == (0.2, 0.0, 1.0)
+    assert grading.reward_parts(VALID.replace("<answer>1", "<answer>(x+y+z)^{999}"), "1") == (0.2, 0.0, 1.0)
     assert time.monotonic() - start_time < 4.0
 
 
 def test_split_survives_special_tokens_inside_a_response(processor):
     tok = processor.tokenizer
-    special = {t: tok.convert_tokens_to_ids(t) for t in model.SPECIAL_TOKENS}
+    special = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     eos, close = special["<|im_end|>"], tok.convert_tokens_to_ids("</caption>")
     caption = tok.encode("<caption>\n- a", add_special_tokens=False)
     rest = tok.encode("\n<think>x</think><answer>1</answer>", add_special_tokens=False)

@@ -44,7 +44,7 @@ def test_overfitting_a_handful_of_examples_drives_the_loss_down(tiny_dir, synth_
     lines = (synth_dir / "sft_teacher.jsonl").read_text().splitlines()[:4]
     few.write_text("\n".join(lines) + "\n")
     shutil.copytree(synth_dir / "images", tmp_path / "images")
-    run_script(["sft.py", "--model", tiny_dir, "--data", few, "--out", tmp_path / "run", "--steps", "40",
+    run_script(["sft.py", "--policy", tiny_dir, "--data", few, "--out", tmp_path / "run", "--steps", "40",
                 "--micro-batch", "4", "--lr", "3e-3", "--warmup-ratio", "0.05", "--save-every", "1000"])
     losses = [m["loss/sft"] for m in _metrics(tmp_path / "run")]
     print(f"overfit loss {losses[0]:.3f} -> {losses[-1]:.3f}")
@@ -52,7 +52,7 @@ def test_overfitting_a_handful_of_examples_drives_the_loss_down(tiny_dir, synth_
 
 
 def test_two_ranks_match_one_and_resume_is_exact(tiny_dir, synth_dir, tmp_path):
-    common = ["sft.py", "--model", tiny_dir, "--data", synth_dir / "sft_teacher.jsonl", synth_dir / "sft_public.jsonl",
+    common = ["sft.py", "--policy", tiny_dir, "--data", synth_dir / "sft_teacher.jsonl", synth_dir / "sft_public.jsonl",
               "--steps", "4", "--micro-batch", "2", "--lr", "1e-3", "--save-every", "2"]
     # The same global batch of 8: 4 micro-batches on one rank, 2 on each of two ranks.
     run_script(common + ["--grad-accum", "4", "--out", tmp_path / "one"])
@@ -83,7 +83,7 @@ def test_bad_data_stops_before_any_step(tiny_dir, synth_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     good = (synth_dir / "sft_teacher.jsonl").read_text().splitlines()[0]
     bad.write_text(good.replace("images/", str(synth_dir / "images") + "/") + "\n{\"messages\": []}\n")
-    proc = subprocess.run([sys.executable, "sft.py", "--model", str(tiny_dir), "--data", str(bad), "--out",
+    proc = subprocess.run([sys.executable, "sft.py", "--policy", str(tiny_dir), "--data", str(bad), "--out",
                            str(tmp_path / "run"), "--steps", "2"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0
     assert f"error: {bad}:2: the conversation is empty" in proc.stderr
@@ -93,7 +93,7 @@ def test_bad_data_stops_before_any_step(tiny_dir, synth_dir, tmp_path):
 
 @pytest.mark.parametrize("freeze", ["--freeze-vision", "--freeze-merger"])
 def test_freezing_keeps_the_vision_side_fixed(tiny_dir, synth_dir, tmp_path, freeze):
-    run_script(["sft.py", "--model", tiny_dir, "--data", synth_dir / "sft_teacher.jsonl", "--out", tmp_path,
+    run_script(["sft.py", "--policy", tiny_dir, "--data", synth_dir / "sft_teacher.jsonl", "--out", tmp_path,
                 "--steps", "2", "--micro-batch", "2", "--lr", "1e-2", freeze])
     before, after = _weights(tiny_dir), _weights(tmp_path / "model")
     frozen = "blocks" if freeze == "--freeze-vision" else "merger"

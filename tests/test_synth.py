@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from data import SYSTEM_PROMPT, synthesize, synthetic_corpus
+from data import SYSTEM_PROMPT
+from toy.world import synthesize, synthetic_corpus
 
 VALID = re.compile(r"^\s*(<caption>.*?</caption>)\s*(<think>.*?</think>\s*<answer>.*?</answer>)\s*$", re.DOTALL)
 CELLS = ("top-left", "top-right", "bottom-left", "bottom-right")

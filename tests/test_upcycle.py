@@ -14,7 +14,9 @@ from conftest import run_script
 
 import data
 import model
+import run
 import upcycle_moe
+from toy.models import real_config
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,10 +41,17 @@ def upcycled_dir(tiny_dir, tmp_path_factory) -> Path:
     return out
 
 
+def _lines_batch(processor, pairs) -> data.VLBatch:
+    """The 4m scored sequences of m warm-up lines, as the warm-up's forward sees them."""
+    prompts, teacher, student = upcycle_moe.line_inputs(processor, pairs)
+    return model.scoring_batch(prompts, prompts.input_ids.shape[1], teacher, student, list(range(len(pairs))),
+                               processor.tokenizer.pad_token_id)
+
+
 def _scores(disc, processor, pairs) -> torch.Tensor:
     disc.eval()
     with torch.no_grad():
-        return disc(upcycle_moe.encode_lines(processor, pairs))[0]
+        return disc(_lines_batch(processor, pairs))[0]
 
 
 def test_zero_noise_upcycle_gives_the_dense_logits_and_greedy_generation(dense, synth_dir, processor):
@@ -89,7 +98,7 @@ def test_real_2b_upcycle_accounts_for_every_tensor_on_meta():
     from transformers import AutoModelForImageTextToText
 
     with torch.device("meta"):
-        dense = AutoModelForImageTextToText.from_config(model.real_config("2B"))
+        dense = AutoModelForImageTextToText.from_config(real_config("2B"))
     E = 4
     disc, sources = upcycle_moe.upcycle(dense, experts=E, top_k=2)
     keys = Counter(k for k, _ in sources)
@@ -124,7 +133,7 @@ def _right_padded(batch: data.VLBatch) -> data.VLBatch:
 def test_score_is_read_at_the_last_real_token_left_or_right_padded(upcycled_dir, synth_dir, processor):
     disc = model.Discriminator.from_pretrained(upcycled_dir).eval()
     pairs = data.load_pairs(synth_dir / "pairs_test.jsonl")[0][:3]
-    left = upcycle_moe.encode_lines(processor, pairs)
+    left = _lines_batch(processor, pairs)
     right = _right_padded(left)
     assert left.attention_mask[:, 0].min() == 0 and right.attention_mask[:, -1].min() == 0
     with torch.no_grad():
@@ -184,7 +193,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 def warmed(upcycled_dir, synth_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("warmup") / "run"
     _warmup(upcycled_dir, synth_dir / "pairs.jsonl", out, "--eval-data", synth_dir / "pairs_test.jsonl",
-            "--steps", WARMUP_STEPS, "--micro-batch", 8, "--grad-accum", 1, "--lr", 1e-3,
+            "--steps", WARMUP_STEPS, "--disc-micro-batch", 4, "--grad-accum", 1, "--disc-lr", 1e-3,
             "--save-every", RESUME_FROM)
     return out
 
@@ -196,7 +205,7 @@ def test_warmup_lifts_heldout_accuracy_on_both_segments(warmed):
     for key in ("loss/disc", "loss/aux", "loss/score_reg", "optim/lr", "optim/grad_norm", "time/step_s",
                 "disc/perception/accuracy", "disc/reasoning/teacher_score", "disc/reasoning/student_score"):
         assert all(key in line for line in lines[1:-1]), key
-    for seg in upcycle_moe.SEGMENTS:
+    for seg in model.SEGMENTS:
         key = f"disc/eval/{seg}/accuracy"
         print(f"{seg}: held-out accuracy {before[key]:.3f} before → {after[key]:.3f} after")
         assert after[key] >= 0.75
@@ -207,15 +216,15 @@ def test_warmup_checkpoint_round_trips(warmed, upcycled_dir, synth_dir, processo
 
     pairs = data.load_pairs(synth_dir / "pairs_test.jsonl")[0][:2]
     final = _scores(model.Discriminator.from_pretrained(warmed / "discriminator"), processor, pairs)
-    ckpt = model.latest_checkpoint(warmed)
+    ckpt = run.latest_checkpoint(warmed)
     assert ckpt.name == f"step_{WARMUP_STEPS:08d}"
     assert torch.equal(final, _scores(model.Discriminator.from_pretrained(ckpt / "discriminator"), processor, pairs))
     # Restoring the training checkpoint into a fresh discriminator gives the same scores.
     fresh = model.Discriminator.from_pretrained(upcycled_dir)
     assert not torch.equal(final, _scores(fresh, processor, pairs))
-    optimizer, scheduler = model.make_optimizer(fresh, 1e-3, 0.01, WARMUP_STEPS, 3)
-    state = model.load_checkpoint(ckpt, {"discriminator": fresh}, {"discriminator": optimizer},
-                                  {"discriminator": scheduler}, model.Dist())
+    optimizer, scheduler = run.make_optimizer(fresh, 1e-3, 0.01, WARMUP_STEPS, 3)
+    state = run.load_checkpoint(ckpt, {"discriminator": fresh}, {"discriminator": optimizer},
+                                  {"discriminator": scheduler}, run.Dist())
     assert state["step"] == WARMUP_STEPS
     assert torch.equal(final, _scores(fresh, processor, pairs))
     hf = AutoModelForImageTextToText.from_pretrained(warmed / "discriminator")
@@ -227,9 +236,9 @@ def test_warmup_resume_continues_to_the_same_weights(warmed, upcycled_dir, synth
     shutil.copytree(warmed, resumed)
     shutil.rmtree(resumed / "checkpoints" / f"step_{WARMUP_STEPS:08d}")
     shutil.rmtree(resumed / "discriminator")
-    assert model.latest_checkpoint(resumed).name == f"step_{RESUME_FROM:08d}"
-    _warmup(upcycled_dir, synth_dir / "pairs.jsonl", resumed, "--steps", WARMUP_STEPS, "--micro-batch", 8,
-            "--grad-accum", 1, "--lr", 1e-3, "--save-every", RESUME_FROM, "--resume")
+    assert run.latest_checkpoint(resumed).name == f"step_{RESUME_FROM:08d}"
+    _warmup(upcycled_dir, synth_dir / "pairs.jsonl", resumed, "--steps", WARMUP_STEPS, "--disc-micro-batch", 4,
+            "--grad-accum", 1, "--disc-lr", 1e-3, "--save-every", RESUME_FROM, "--resume")
     a, b = _weights(warmed / "discriminator"), _weights(resumed / "discriminator")
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     print(f"resume from step {RESUME_FROM} of {WARMUP_STEPS}: max weight diff {worst:.2e}")
@@ -242,7 +251,7 @@ def test_warmup_resume_continues_to_the_same_weights(warmed, upcycled_dir, synth
 
 
 def test_warmup_two_processes_match_one(upcycled_dir, synth_dir, tmp_path):
-    common = ["--steps", 2, "--micro-batch", 4, "--lr", 1e-3, "--dropout", 0.0, "--disc-loss", "bt"]
+    common = ["--steps", 2, "--disc-micro-batch", 2, "--disc-lr", 1e-3, "--dropout", 0.0, "--disc-loss", "bt"]
     _warmup(upcycled_dir, synth_dir / "pairs.jsonl", tmp_path / "one", *common, "--grad-accum", 2)
     _warmup(upcycled_dir, synth_dir / "pairs.jsonl", tmp_path / "two", *common, "--grad-accum", 1, nproc=2)
     for x, y in zip(_metrics(tmp_path / "one"), _metrics(tmp_path / "two")):

@@ -1,54 +1,14 @@
-"""Benchmarks of the RL stages' hot paths, as a table that compares across machines (and as JSON).
+"""The benchmark's measurements, one section each (see bench/__main__.py for what they measure and how to run them).
 
-Not a test: nothing here asserts. Every measurement calls the project's own functions (model.generate_rollouts,
-rlvr.policy_update, align.score_rows, model.chunked_token_logprobs, ...), so it times the code that training
-runs. Each section runs in a fresh Python process, so its peak memory is its own and no section warms another's
-caches; the parent only prints and saves.
-
-CPU (the default): the tiny Qwen3-VL of model.tiny_config (text hidden 128, 4 layers, 4 heads / 2 KV heads,
-vision depth 2), built in memory from seed 0 with the tiny tokenizer and processor; prompts from the synthetic
-task (data.synthesize, one 64×64 image each, or an upscaled copy with --image-size); the standard setting of
-4 prompts × 8 rollouts × at most 64 new tokens. Sections:
-    grpo       one GRPO step of rlvr.py, split as rlvr.main times it: rollout, reward, old log-probs, update
-    align      one PRISM alignment step of align.py: rollout, split + scoring, discriminator update, policy update
-    rollouts   model.generate_rollouts against repeating each prompt n times through processor and vision encoder,
-               and against itself with --compile-decode (static KV cache, compiled decode step)
-    logprobs   per-token log-probs of one 8,192-token response at the real vocabulary (151,936): the chunked path
-               against full-vocabulary logits, forward and backward; peak memory and time
-CUDA (--device cuda; written for one H100 but NOT run on the CPU machine it was written on): random-init models
-of the published Qwen3-VL-2B / -4B shapes (model.real_config, vocabulary 151,936), bf16. Sections:
-    logprobs   as above, on the GPU (torch.cuda.max_memory_allocated)
-    sft        sft.py's step (fp32 weights, bf16 autocast, gradient checkpointing): tokens/s and MFU
-               = 6 · N · tokens / time / --peak-tflops
-    decode     rollout decoding at batch 64, eager and --compile-decode: tokens/s against the HBM bound
-               rows · --hbm-tbps / weight bytes
-    align      the alignment step's split with a 2B-shape policy and its 4-expert upcycled discriminator
-
-Usage:
-    make bench                                         # = .venv/bin/python bench.py, about 3 minutes on 2 cores
-    .venv/bin/python bench.py --repeats 5 --threads 2 --out runs/bench.json
-    .venv/bin/python bench.py --sections grpo rollouts  # a subset
-    .venv/bin/python bench.py --sections rollouts --image-size 448  # grouping at a real image resolution
-    python bench.py --device cuda --peak-tflops 989 --hbm-tbps 3.35 --out runs/bench_h100.json
-
-Reading the table: median over --repeats timed repeats after one warm-up (the log-prob rows: --logprob-repeats
-runs after a short warm-up); spread = min–max of those repeats; ratios are taken per repeat (paired) before the
-median. The header names the machine, torch version, thread count and the load average before the run (other work
-on a 2-core machine slows the small models' many small kernels by up to 100×; a warning line says so): compare
-rows across machines only with the same settings line.
+Every section builds its world (tokenizer, processor, policy, prompts), calls the stage's own step function and
+returns table rows; the parent process runs each section in a fresh process of its own.
 """
 
-import argparse
 import gc
 import io
-import json
-import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -58,9 +18,15 @@ import torch.nn as nn
 
 import align
 import data
+import grading
 import model
+import policy_gradient
 import rlvr
+import run
+import sft
 import upcycle_moe
+from toy import models as toy_models
+from toy import world as toy_world
 
 REAL_VOCAB = 151936
 SECTIONS = {"cpu": ("grpo", "align", "rollouts", "logprobs"), "cuda": ("logprobs", "sft", "decode", "align")}
@@ -72,12 +38,12 @@ FOOTNOTES = {
            "detaches its log-probs), so there is no separate old-log-prob pass; 0 by construction.",
     "reward": "The advantages use a benchmark reward, U(0, 1) per rollout from a seeded generator, so that every "
               "group has non-zero advantages and the update does its full work on a random model; the real grader "
-              "(data.reward_parts over the decoded responses) still runs and is what this row times, with "
-              "rlvr.group_advantages.",
+              "(grading.reward_parts over the decoded responses) still runs and is what this row times, with "
+              "policy_gradient.group_advantages.",
     "rss": "Peak RSS is the section's whole process (getrusage ru_maxrss): interpreter, torch, transformers, "
            "model(s), optimizer state and the steps; each section runs in a fresh process.",
     "padding": "Padding share of the token positions (attention_mask 0) in the policy update's forward/backward "
-               "micro-batches: rows grouped by model.token_budget_batches under the stage's token budget, each "
+               "micro-batches: rows grouped by data.token_budget_batches under the stage's token budget, each "
                "cut by Rollouts.micro_batch to the columns some row uses. The reference row splits the same "
                "rollouts by the earlier rule (rows in order, 16 each, every micro-batch as wide as the whole "
                "rollout batch). The rows marked \"lengths U(1, R)\" take the same rollouts with each response "
@@ -89,6 +55,10 @@ FOOTNOTES = {
     "cuda": "Written for a GPU; random weights of the real shapes, text-only or 64×64-image prompts from the tiny "
             "processor with the config's vision token ids set to the tiny tokenizer's.",
 }
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,7 +107,7 @@ def ratios(numerator: list[float], denominator: list[float]) -> list[float]:
 # ----------------------------------------------------------------------------------------------
 
 
-def clock(d: model.Dist) -> float:
+def clock(d: run.Dist) -> float:
     """Wall time once the device has finished the work queued so far (CUDA kernels run asynchronously)."""
     if d.device.type == "cuda":
         torch.cuda.synchronize(d.device)
@@ -154,7 +124,7 @@ def current_rss() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 
 
-def peak_memory_row(name: str, d: model.Dist, notes: str = "") -> Row:
+def peak_memory_row(name: str, d: run.Dist, notes: str = "") -> Row:
     """Peak host RSS on CPU; on a GPU the peak allocated device memory, which is what runs out there."""
     if d.device.type == "cuda":
         return Row(f"{name}: peak GPU memory", [torch.cuda.max_memory_allocated(d.device) / MiB], "MiB", notes)
@@ -171,33 +141,33 @@ def mem_available() -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def tiny_tokenizer_and_processor(image_size: int = data.SYNTH_IMAGE_SIZE):
+def tiny_tokenizer_and_processor(image_size: int = toy_world.SYNTH_IMAGE_SIZE):
     """The tiny world's tokenizer and processor, exactly as model.build_tiny makes them (seed 0), in memory;
     the processor's pixel cap raised to image_size² so that --image-size images keep their size."""
     torch.manual_seed(0)
-    tokenizer = model.build_tokenizer(data.synthetic_corpus(seed=0))
-    processor = model.build_processor(tokenizer)
-    cap = max(image_size, data.SYNTH_IMAGE_SIZE) ** 2
+    tokenizer = toy_models.build_tokenizer(toy_world.synthetic_corpus(seed=0))
+    processor = toy_models.build_processor(tokenizer)
+    cap = max(image_size, toy_world.SYNTH_IMAGE_SIZE) ** 2
     processor.image_processor.size = dict(processor.image_processor.size, longest_edge=cap)
     return tokenizer, processor
 
 
 def build_hf(shape: str, tokenizer, device: torch.device, dtype: torch.dtype):
-    """A random-init Qwen3-VL: "tiny" (model.tiny_config) or a published shape ("2B", "4B", …), seed 0.
+    """A random-init Qwen3-VL: "tiny" (toy_models.tiny_config) or a published shape ("2B", "4B", …), seed 0.
 
     The published configs carry the real vision token ids (151652–151656); they are set to the tiny
     tokenizer's so that the tiny processor's prompts, images included, run through the real shapes.
     """
     from transformers import AutoModelForImageTextToText
 
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in model.SPECIAL_TOKENS}
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in toy_models.SPECIAL_TOKENS}
     if shape == "tiny":
-        cfg = model.tiny_config(len(tokenizer), ids)
+        cfg = toy_models.tiny_config(len(tokenizer), ids)
     else:
-        cfg = model.real_config(shape)
+        cfg = toy_models.real_config(shape)
         cfg.image_token_id, cfg.video_token_id = ids["<|image_pad|>"], ids["<|video_pad|>"]
         cfg.vision_start_token_id, cfg.vision_end_token_id = ids["<|vision_start|>"], ids["<|vision_end|>"]
-    model.seed_everything(0)
+    run.seed_everything(0)
     with torch.device(device):
         hf = AutoModelForImageTextToText.from_config(cfg, dtype=dtype)
     model.set_generation_tokens(hf, tokenizer)
@@ -212,7 +182,7 @@ def load_examples(data_dir: Path, split: str, count: int, image_size: int) -> li
     """
     prompts = data.load_prompts(data_dir / f"{split}.parquet")
     examples = [prompts[i] for i in data.stream_indices(len(prompts), 0, 0, count)]
-    if image_size == data.SYNTH_IMAGE_SIZE:
+    if image_size == toy_world.SYNTH_IMAGE_SIZE:
         return examples
     return [replace(e, images=[upscaled(ref, image_size) for ref in e.images]) for e in examples]
 
@@ -252,37 +222,23 @@ def decoder_params(hf) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def grpo_settings(args):
+def grpo_settings(args) -> rlvr.Args:
     """rlvr.py's own defaults under --algo grpo, at the benchmark's batch shape."""
-    a = rlvr.with_preset(rlvr.Args(policy="-", data="-", out="-", algo="grpo", prompts_per_step=args.prompts,
-                                   rollouts_per_prompt=args.rollouts, max_new_tokens=args.max_new_tokens))
+    a = rlvr.with_preset(rlvr.Args(policy="-", data=["-"], out="-", algo="grpo", prompts_per_step=args.prompts,
+                                   rollouts_per_prompt=args.rollouts, max_new_tokens=args.max_new_tokens,
+                                   bf16=args.device == "cuda"))
     if args.micro_batch_tokens:
         a.micro_batch_tokens = args.micro_batch_tokens
-    loss_cfg = rlvr.LossConfig(a.policy_loss, a.clip_low, a.clip_high, a.dual_clip, a.loss_agg, a.kl_coef,
-                               a.kl_estimator, a.max_new_tokens, a.temperature)
-    return a, loss_cfg
+    return a
 
 
-def grpo_step(policy, processor, examples, optimizer, scheduler, a, loss_cfg, d, reward_gen) -> dict:
-    """One step in rlvr.main's order, with its timestamps. Returns the pieces' seconds and the rollouts."""
-    tokenizer = processor.tokenizer
-    t0 = clock(d)
-    rollouts = model.generate_rollouts(policy, data.encode_prompts(processor, examples).to(d.device), tokenizer,
-                                       a.rollouts_per_prompt, a.max_new_tokens, a.temperature, a.top_p)
-    t1 = clock(d)
-    # The real grader runs and is timed; its rewards are all 0 on a random model, which would zero every
-    # advantage, so the advantages come from a seeded random reward instead.
-    graded = [data.reward_parts(text, examples[g].answer)
-              for text, g in zip(rlvr.decode_responses(rollouts, tokenizer), rollouts.group.tolist())]
-    reward = torch.rand(len(graded), generator=reward_gen)
-    advantages = rlvr.group_advantages(reward, rollouts.group.cpu(), a.std_normalize)
-    # Without dynamic sampling rlvr.select_groups keeps every group unchanged: the loss mask is the response mask.
-    loss_mask = rollouts.response_mask.cpu()
-    t2 = clock(d)
-    rlvr.policy_update(policy, optimizer, scheduler, rollouts, advantages, loss_mask, loss_cfg,
-                       a.micro_batch_tokens, a.max_grad_norm, d, a.bf16)
-    t3 = clock(d)
-    return dict(rollout=t1 - t0, reward=t2 - t1, update=t3 - t2, rollouts=rollouts)
+def benchmark_reward(gen: torch.Generator) -> rlvr.RewardFn:
+    """The real grader runs on every response and is timed with the reward phase; the reward it hands back is
+    U(0, 1) from a seeded generator, because a random model's rewards are all 0 and would zero every advantage."""
+    def reward(text: str, truth: str) -> tuple[float, float, float]:
+        grading.reward_parts(text, truth)
+        return float(torch.rand((), generator=gen)), 0.0, 0.0
+    return reward
 
 
 def padding_share(masks: list[torch.Tensor]) -> float:
@@ -291,8 +247,8 @@ def padding_share(masks: list[torch.Tensor]) -> float:
 
 
 def update_micro_batches(rollouts: model.Rollouts, budget: int) -> list[torch.Tensor]:
-    """The attention masks of rlvr.policy_update's forward batches, made by the same two calls it makes."""
-    chunks = model.token_budget_batches(rollouts.batch.attention_mask.sum(-1).tolist(), budget)
+    """The attention masks of policy_gradient.policy_update's forward batches, made by the same two calls it makes."""
+    chunks = data.token_budget_batches(rollouts.batch.attention_mask.sum(-1).tolist(), budget)
     return [rollouts.micro_batch(rows)[0].attention_mask for rows in chunks]
 
 
@@ -341,36 +297,49 @@ def padding_rows(section: str, rollouts_seen: list[model.Rollouts], budget: int)
     return rows
 
 
+def sample_rollouts(policy, processor, examples, a, d, count: int) -> list[model.Rollouts]:
+    """`count` rollout batches of the step's shape, for the padding rows (not timed)."""
+    prompts = data.encode_prompts(processor, examples).to(d.device)
+    return [model.generate_rollouts(policy, prompts, processor.tokenizer, a.rollouts_per_prompt, a.max_new_tokens,
+                                    a.temperature, a.top_p) for _ in range(count)]
+
+
 def run_grpo(args, d, data_dir: Path) -> list[Row]:
     tokenizer, processor = tiny_tokenizer_and_processor(args.image_size)
     policy = model.Policy(build_hf(world_shape(args), tokenizer, d.device, world_dtype(args)))
     if args.device == "cuda":
         policy.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     examples = load_examples(data_dir, "rl", args.prompts, args.image_size)
-    a, loss_cfg = grpo_settings(args)
-    a.bf16 = args.device == "cuda"
-    optimizer, scheduler = model.make_optimizer(policy, a.lr, a.weight_decay, args.repeats + 1,
-                                                max(int(a.warmup_steps), 1), "constant")
-    reward_gen = torch.Generator().manual_seed(0)
-    model.seed_everything(0)
+    a = grpo_settings(args)
+    loss_cfg = policy_gradient.LossConfig.from_args(a)
+    optimizer, scheduler = run.make_optimizer(policy, a.lr, a.weight_decay, args.repeats + 1, int(a.warmup_steps),
+                                              "constant")
+    reward = benchmark_reward(torch.Generator().manual_seed(0))
+    progress = {"prompts_consumed": 0}
+    run.seed_everything(0)
     steps = []
     for k in range(args.repeats + 1):
-        steps.append(grpo_step(policy, processor, examples, optimizer, scheduler, a, loss_cfg, d, reward_gen))
-        log(f"grpo step {k}: " + ", ".join(f"{n} {v:.2f}s" for n, v in steps[-1].items() if n != "rollouts"))
+        t0 = clock(d)
+        m = rlvr.rlvr_step(policy, optimizer, scheduler, processor, examples, a, loss_cfg, progress, d, reward)
+        m["time/step_s"] = clock(d) - t0
+        steps.append(m)
+        log(f"grpo step {k}: " + ", ".join(f"{n} {m[f'time/{n}_s']:.2f}s" for n in ("rollout", "reward", "update")))
     timed = steps[1:]  # the first step is the warm-up
-    tokens = [float(s["rollouts"].response_mask.sum()) for s in timed]
     B = args.prompts * args.rollouts
     return [
-        Row("grpo: rollout", [s["rollout"] for s in timed], "s", "data.encode_prompts + model.generate_rollouts"),
-        Row("grpo: reward", [s["reward"] for s in timed], "s", "decode + data.reward_parts + advantages [reward]"),
+        Row("grpo: rollout", [m["time/rollout_s"] for m in timed], "s",
+            "data.encode_prompts + model.generate_rollouts"),
+        Row("grpo: reward", [m["time/reward_s"] for m in timed], "s",
+            "decode + grading.reward_parts + advantages [reward]"),
         Row("grpo: old log-probs", [0.0 for _ in timed], "s", "taken from the update's forward [old]"),
-        Row("grpo: policy update", [s["update"] for s in timed], "s",
-            f"rlvr.policy_update, GRPO preset, AdamW, token budget {a.micro_batch_tokens}"),
-        Row("grpo: step total", [s["rollout"] + s["reward"] + s["update"] for s in timed], "s"),
-        Row("grpo: tokens generated per second", ratios(tokens, [s["rollout"] for s in timed]), "tok/s",
-            f"{statistics.mean(tokens) / B:.1f} tokens per rollout on average, over the rollout time"),
+        Row("grpo: policy update", [m["time/update_s"] for m in timed], "s",
+            f"policy_gradient.policy_update, GRPO preset, AdamW, token budget {a.micro_batch_tokens}"),
+        Row("grpo: step total", [m["time/step_s"] for m in timed], "s", "rlvr.rlvr_step"),
+        Row("grpo: tokens generated per second", [m["time/tokens_per_s"] for m in timed], "tok/s",
+            f"{statistics.mean(m['response/length_mean'] for m in timed):.1f} tokens per rollout on average, over "
+            f"the rollout time; {B} rollouts per step"),
         peak_memory_row("grpo", d),
-    ] + padding_rows("grpo", [s["rollouts"] for s in timed], a.micro_batch_tokens)
+    ] + padding_rows("grpo", sample_rollouts(policy, processor, examples, a, d, args.repeats), a.micro_batch_tokens)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,49 +347,13 @@ def run_grpo(args, d, data_dir: Path) -> list[Row]:
 # ----------------------------------------------------------------------------------------------
 
 
-def align_settings(args):
-    """align.py's own defaults at the benchmark's batch shape, and its policy loss."""
-    a = align.Args(policy="-", discriminator="-", data="-", out="-", prompts_per_step=args.prompts,
-                   rollouts_per_prompt=args.rollouts, max_new_tokens=args.max_new_tokens)
+def align_settings(args) -> align.Args:
+    """align.py's own defaults at the benchmark's batch shape."""
+    a = align.Args(policy="-", discriminator="-", data=["-"], out="-", prompts_per_step=args.prompts,
+                   rollouts_per_prompt=args.rollouts, max_new_tokens=args.max_new_tokens, bf16=args.device == "cuda")
     if args.micro_batch_tokens:
         a.micro_batch_tokens = args.micro_batch_tokens
-    loss_cfg = rlvr.LossConfig("ppo", a.clip_ratio, a.clip_ratio, a.dual_clip, "token-mean", 0.0,
-                               temperature=a.temperature)
-    return a, loss_cfg
-
-
-def align_step(policy, disc, processor, examples, opts, a, loss_cfg, d) -> dict:
-    """One step of align.main (steps 1–6), with its timestamps."""
-    (opt_p, sched_p), (opt_d, sched_d) = opts
-    tokenizer, pad = processor.tokenizer, processor.tokenizer.pad_token_id
-    pair_loss = model.DISCRIMINATOR_LOSSES[a.disc_loss]
-    t0 = clock(d)
-    rollouts = model.generate_rollouts(policy, data.encode_prompts(processor, examples).to(d.device), tokenizer,
-                                       a.rollouts_per_prompt, a.max_new_tokens, a.temperature, a.top_p)
-    t1 = clock(d)
-    segs = align.split_rollouts(rollouts, examples, tokenizer)
-    B = len(segs.valid)
-    disc.eval()
-    with torch.no_grad():
-        scored = [align.score_rows(disc, rollouts, segs, rows, pad, a.score_clip, d, a.bf16)
-                  for rows in align.chunks(B, a.disc_micro_batch)]
-    t_cap, s_cap, t_rea, s_rea = (torch.cat(parts).cpu() for parts in zip(*scored))
-    advantages = align.alignment_advantages(s_cap * segs.valid, s_rea * segs.valid, segs.valid,
-                                            rollouts.group.cpu(), a.alpha, a.format_penalty)
-    t2 = clock(d)
-    disc.train()
-    n_valid, n_rows = model.global_sum(segs.valid.sum().item(), d), model.global_sum(B, d)
-    for rows in align.chunks(B, a.disc_micro_batch):
-        scores = align.score_rows(disc, rollouts, segs, rows, pad, a.score_clip, d, a.bf16)
-        align.discriminator_loss(*scores, segs.valid[rows].to(d.device), pair_loss, n_valid, n_rows,
-                                 a.score_reg).backward()
-    model.clip_and_step(disc, opt_d, sched_d, a.max_grad_norm)
-    t3 = clock(d)
-    rlvr.policy_update(policy, opt_p, sched_p, rollouts, advantages, rollouts.response_mask.cpu(), loss_cfg,
-                       a.micro_batch_tokens, a.max_grad_norm, d, a.bf16)
-    t4 = clock(d)
-    return dict(rollout=t1 - t0, scoring=t2 - t1, disc_update=t3 - t2, policy_update=t4 - t3, rollouts=rollouts,
-                valid=int(segs.valid.sum()))
+    return a
 
 
 def run_align(args, d, data_dir: Path) -> list[Row]:
@@ -433,35 +366,38 @@ def run_align(args, d, data_dir: Path) -> list[Row]:
         for m in (policy, disc):
             m.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     examples = load_examples(data_dir, "align", args.prompts, args.image_size)
-    a, loss_cfg = align_settings(args)
-    a.bf16 = args.device == "cuda"
+    a = align_settings(args)
+    loss_cfg = policy_gradient.LossConfig.from_args(a)
     steps_total = args.repeats + 1
-    opts = (model.make_optimizer(policy, a.policy_lr, a.weight_decay, steps_total, 1, "constant"),
-            model.make_optimizer(disc, a.disc_lr, a.weight_decay, steps_total, 1, "constant"))
-    model.seed_everything(0)
+    optimizers, schedulers = {}, {}
+    for name, module, lr in (("policy", policy, a.lr), ("discriminator", disc, a.disc_lr)):
+        optimizers[name], schedulers[name] = run.make_optimizer(module, lr, a.weight_decay, steps_total, 1, "constant")
+    run.seed_everything(0)
     steps = []
-    for k in range(steps_total):
-        steps.append(align_step(policy, disc, processor, examples, opts, a, loss_cfg, d))
-        log(f"align step {k}: " + ", ".join(f"{n} {v:.2f}s" for n, v in steps[-1].items()
-                                           if isinstance(v, float)))
-    timed = steps[1:]
-    tokens = [float(s["rollouts"].response_mask.sum()) for s in timed]
     pieces = ("rollout", "scoring", "disc_update", "policy_update")
+    for k in range(steps_total):
+        m = align.alignment_step(policy, disc, optimizers, schedulers, processor, examples, a, loss_cfg, d)
+        steps.append(m)
+        log(f"align step {k}: " + ", ".join(f"{p} {m[f'time/{p}_s']:.2f}s" for p in pieces))
+    timed = steps[1:]
+    B = args.prompts * args.rollouts
     world = f"{shape} policy {n_params(policy) / 1e6:.1f}M, discriminator {n_params(disc) / 1e6:.1f}M params"
     return [
-        Row("align: rollout", [s["rollout"] for s in timed], "s", "data.encode_prompts + model.generate_rollouts"),
-        Row("align: split + scoring", [s["scoring"] for s in timed], "s",
-            "align.split_rollouts + align.score_rows (eval, no_grad) + advantages"),
-        Row("align: discriminator update", [s["disc_update"] for s in timed], "s",
-            f"align.main step 5, micro-batch {a.disc_micro_batch}; "
-            f"{statistics.mean(s['valid'] for s in timed):.0f} valid rollouts on average"),
-        Row("align: policy update", [s["policy_update"] for s in timed], "s",
-            f"rlvr.policy_update, PPO-clip {a.clip_ratio}, token budget {a.micro_batch_tokens}"),
-        Row("align: step total", [sum(s[p] for p in pieces) for s in timed], "s", world),
-        Row("align: tokens generated per second", ratios(tokens, [s["rollout"] for s in timed]), "tok/s",
-            f"{statistics.mean(tokens) / len(timed[0]['rollouts'].group):.1f} tokens per rollout on average"),
+        Row("align: rollout", [m["time/rollout_s"] for m in timed], "s",
+            "data.encode_prompts + model.generate_rollouts"),
+        Row("align: split + scoring", [m["time/scoring_s"] for m in timed], "s",
+            "align.split_rollouts + align.score_rollouts (eval, no_grad) + advantages"),
+        Row("align: discriminator update", [m["time/disc_update_s"] for m in timed], "s",
+            f"align.alignment_step step 5, micro-batch {a.disc_micro_batch}; "
+            f"{statistics.mean(m['reward/format'] for m in timed) * B:.0f} valid rollouts on average"),
+        Row("align: policy update", [m["time/policy_update_s"] for m in timed], "s",
+            f"policy_gradient.policy_update, PPO-clip {a.clip_low}/{a.clip_high}, token budget {a.micro_batch_tokens}"),
+        Row("align: step total", [sum(m[f"time/{p}_s"] for p in pieces) for m in timed], "s", world),
+        Row("align: tokens generated per second",
+            [m["response/length_mean"] * B / m["time/rollout_s"] for m in timed], "tok/s",
+            f"{statistics.mean(m['response/length_mean'] for m in timed):.1f} tokens per rollout on average"),
         peak_memory_row("align", d),
-    ] + padding_rows("align", [s["rollouts"] for s in timed], a.micro_batch_tokens)
+    ] + padding_rows("align", sample_rollouts(policy, processor, examples, a, d, args.repeats), a.micro_batch_tokens)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -492,7 +428,7 @@ def run_rollouts(args, d, data_dir: Path) -> list[Row]:
     tokenizer, processor = tiny_tokenizer_and_processor(args.image_size)
     policy = model.Policy(build_hf(world_shape(args), tokenizer, d.device, world_dtype(args)))
     examples = load_examples(data_dir, "rl", args.prompts, args.image_size)
-    model.seed_everything(0)
+    run.seed_everything(0)
     paths = {"grouped": grouped_rollouts, "naive": naive_rollouts, "compiled": compiled_rollouts}
     times = {name: [] for name in paths}
     tokens = {name: [] for name in paths}
@@ -620,7 +556,7 @@ def naive_logprob_fits(args) -> tuple[bool, str]:
 
 def random_text_batch(tokenizer, vocab: int, rows: int, length: int, device) -> tuple[data.VLBatch, torch.Tensor]:
     """Text-only rows of random token ids above the special tokens (no padding), every token a target."""
-    ids = torch.randint(len(model.SPECIAL_TOKENS), vocab, (rows, length), device=device)
+    ids = torch.randint(len(toy_models.SPECIAL_TOKENS), vocab, (rows, length), device=device)
     ones = torch.ones_like(ids)
     none = torch.zeros(0, dtype=torch.long, device=device)
     batch = data.VLBatch(input_ids=ids, attention_mask=ones, mm_token_type_ids=torch.zeros_like(ids), pixel_values=None,
@@ -630,23 +566,17 @@ def random_text_batch(tokenizer, vocab: int, rows: int, length: int, device) -> 
 
 def sft_mfu_rows(args, d, shape: str, tokenizer) -> list[Row]:
     """sft.py's single-GPU step: fp32 weights under bf16 autocast, gradient checkpointing, AdamW, clipping."""
-    import sft
-
     policy = model.Policy(build_hf(shape, tokenizer, d.device, torch.float32))
     policy.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy.train()
-    optimizer, scheduler = model.make_optimizer(policy, 1e-5, 0.01, args.repeats + 1, 1, "cosine")
+    a = sft.Args(policy="-", data=["-"], out="-", bf16=d.device.type == "cuda")
+    optimizer, scheduler = run.make_optimizer(policy, a.lr, a.weight_decay, args.repeats + 1, 1, "cosine")
     vocab = policy.hf.config.text_config.vocab_size
     batch, target = random_text_batch(tokenizer, vocab, args.sft_rows, args.sft_seq, d.device)
-    total_targets = float(target[:, 1:].sum())
-    bf16 = d.device.type == "cuda"
     times = []
     for _ in range(args.repeats + 1):
         t0 = clock(d)
-        with model.autocast(d, bf16):
-            logprobs, _ = policy(batch, target)
-        sft.sft_loss(logprobs, target, total_targets).backward()
-        model.clip_and_step(policy, optimizer, scheduler, 1.0)
+        sft.sft_step(policy, optimizer, scheduler, [(batch, target)], a, d)
         times.append(clock(d) - t0)
     times = times[1:]
     tokens = args.sft_rows * args.sft_seq
@@ -697,7 +627,7 @@ def run_decode(args, d, data_dir: Path) -> list[Row]:
                 f"{rows_per_step} rows × {args.hbm_tbps} TB/s / {weight_bytes / 1e9:.2f} GB of "
                 f"{str(dtype).removeprefix('torch.')} decoder weights per step")]
     for label, compile_decode in (("eager", False), ("--compile-decode", True)):
-        model.seed_everything(0)
+        run.seed_everything(0)
         times, tokens = [], []
         for _ in range(args.repeats + 1):  # the first call is the warm-up (and the compilation)
             t0 = clock(d)
@@ -712,222 +642,3 @@ def run_decode(args, d, data_dir: Path) -> list[Row]:
             Row(f"decode {shape}, {label}: share of the HBM bound", [100 * m / bound for m in measured], "%"),
         ]
     return rows + [peak_memory_row(f"decode {shape}", d)]
-
-
-# ----------------------------------------------------------------------------------------------
-# Workers (one fresh process per section) and the parent that runs them
-# ----------------------------------------------------------------------------------------------
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-WORKERS = {"grpo": run_grpo, "align": run_align, "rollouts": run_rollouts, "sft": run_sft, "decode": run_decode}
-
-
-def run_worker(args) -> None:
-    """Inside the fresh process: measure one section and write its result as JSON."""
-    torch.set_num_threads(args.threads)
-    d = model.init_distributed(args.device)
-    if args.worker.startswith("logprobs-"):
-        result = logprob_worker(args, d, args.worker.removeprefix("logprobs-"))
-    else:
-        result = {"rows": [r.summary() for r in WORKERS[args.worker](args, d, Path(args.data_dir))]}
-    Path(args.worker_out).write_text(json.dumps(result))
-
-
-def spawn(name: str, args, data_dir: Path) -> dict | None:
-    """Run one worker process; None if it failed (its stderr has already streamed through)."""
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        out = Path(f.name)
-    cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--worker", name,
-           "--worker-out", str(out), "--data-dir", str(data_dir)]
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, stdout=sys.stderr)
-    log(f"{name}: {time.perf_counter() - t0:.0f} s" + (f", FAILED with exit code {proc.returncode}"
-                                                        if proc.returncode else ""))
-    try:
-        return json.loads(out.read_text()) if proc.returncode == 0 else None
-    finally:
-        out.unlink(missing_ok=True)
-
-
-def run_logprobs(args, data_dir: Path) -> list[dict]:
-    results = {"chunked": spawn("logprobs-chunked", args, data_dir)}
-    fits, reason = naive_logprob_fits(args) if args.device == "cpu" else (True, "")
-    results["naive"] = spawn("logprobs-naive", args, data_dir) if fits else {"skipped": reason}
-    return [r.summary() for r in logprob_rows({k: v for k, v in results.items() if v is not None}, args)]
-
-
-def synth_data(out: Path) -> Path:
-    """The synthetic task's prompts (align and rl splits carry teacher texts and answers); the rest minimal."""
-    data.synthesize(out, seed=0, n_sft_teacher=1, n_sft_public=1, n_align=16, n_rl=16, n_pairs=1, n_pairs_test=1,
-                    n_test=1)
-    return out
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).parent).stdout.strip()
-        return rev + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def machine_info(args, start: dict) -> dict:
-    """Where the numbers come from. `start` holds the date and the 1/5/15-minute load average before the first
-    section: other work on the machine slows every row, small CPU models most (threads wait on each other)."""
-    import transformers
-
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = dict(cpu=cpu, cores=os.cpu_count(), usable_cores=len(os.sched_getaffinity(0)),
-                memory_gib=round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-                python=platform.python_version(), torch=torch.__version__, transformers=transformers.__version__,
-                threads=args.threads, device=args.device, git=git_revision(), **start)
-    if args.device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def settings(args) -> dict:
-    tok, _ = tiny_tokenizer_and_processor()
-    ids = {t: tok.convert_tokens_to_ids(t) for t in model.SPECIAL_TOKENS}
-    cfg = model.tiny_config(len(tok), ids)
-    text, vision = cfg.text_config, cfg.vision_config
-    tiny = (f"tiny Qwen3-VL (model.tiny_config): text hidden {text.hidden_size}, {text.num_hidden_layers} layers, "
-            f"{text.num_attention_heads} heads / {text.num_key_value_heads} KV, vocab {text.vocab_size}; vision "
-            f"hidden {vision.hidden_size}, depth {vision.depth}; random init, seed 0")
-    s = dict(model=tiny if args.device == "cpu" else f"Qwen3-VL {'/'.join(args.shapes)} shapes (model.real_config), "
-             "random init, seed 0", prompts=args.prompts, rollouts=args.rollouts, max_new_tokens=args.max_new_tokens,
-             image_size=args.image_size,
-             repeats=args.repeats, warmup=1, micro_batch_tokens=args.micro_batch_tokens or "stage default",
-             logprob=dict(tokens=args.logprob_tokens, vocab=REAL_VOCAB, hidden=args.logprob_hidden,
-                          repeats=args.logprob_repeats))
-    if args.device == "cuda":
-        s |= dict(peak_tflops=args.peak_tflops, hbm_tbps=args.hbm_tbps, sft=f"{args.sft_rows}×{args.sft_seq}",
-                  decode=f"{args.decode_prompts}×{args.rollouts}×{args.decode_tokens}")
-    return s
-
-
-def render(info: dict, setting: dict, rows: list[dict], footnotes: list[str]) -> str:
-    """The markdown table, with a header that says which machine produced it."""
-    where = f"{info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), {info['memory_gib']} GiB"
-    if "gpu" in info:
-        where += f", GPU {info['gpu']}"
-    lines = [f"## PRISM benchmark ({info['device']})", "",
-             f"- machine: {where}",
-             f"- software: Python {info['python']}, torch {info['torch']}, transformers {info['transformers']}; "
-             f"torch threads {info['threads']}; git {info['git']}; started {info['date']}",
-             f"- load average before the run (1/5/15 min): {' / '.join(map(str, info['load_at_start']))}",
-             f"- model: {setting['model']}",
-             f"- setting: {setting['prompts']} prompts × {setting['rollouts']} rollouts × ≤{setting['max_new_tokens']} "
-             f"new tokens; one {setting['image_size']}×{setting['image_size']} image per prompt; median of "
-             f"{setting['repeats']} repeats after {setting['warmup']} warm-up; "
-             "spread = min–max", ""]
-    # The load during the run would count this run's own threads, so only the load before it is judged.
-    if info["load_at_start"][0] > 0.5 * info["usable_cores"]:
-        lines.insert(2, "- WARNING: other work was running on this machine (see the load average): the timings are "
-                        "not representative; rerun on an idle machine")
-    if info["device"] == "cuda":
-        lines.insert(2, "- NOTE: the CUDA path was written on a CPU-only machine and had not been run there. "
-                        f"[{len(footnotes)}]")
-    lines += ["| measurement | median | spread | unit | notes |", "|---|---:|---:|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['measurement']} | {fmt(r['median'])} | {spread(r)} | {r['unit']} | {r['notes']} |")
-    lines += [""] + [f"[{k + 1}] {text}" for k, text in enumerate(footnotes)]
-    return "\n".join(lines)
-
-
-def number_footnotes(rows: list[dict], device: str) -> list[str]:
-    """Replace [key] markers in the notes by numbers, keeping only the footnotes that are used."""
-    used = []
-    for r in rows:
-        for key, text in FOOTNOTES.items():
-            marker = f"[{key}]"
-            if marker in r["notes"]:
-                if text not in used:
-                    used.append(text)
-                r["notes"] = r["notes"].replace(marker, f"[{used.index(text) + 1}]")
-    if device == "cuda":
-        used.append(FOOTNOTES["cuda"])
-    return used
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--sections", nargs="+", choices=ALL_SECTIONS, help="default: all of the device's sections")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up")
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch intra-op threads")
-    p.add_argument("--out", default="runs/bench.json", help="JSON output")
-    p.add_argument("--prompts", type=int, default=4, help="prompts (groups) per step")
-    p.add_argument("--rollouts", type=int, default=8, help="rollouts per prompt")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--image-size", type=int, default=data.SYNTH_IMAGE_SIZE,
-                   help="side of the prompts' square images in pixels (the synthetic task's: 64)")
-    p.add_argument("--micro-batch-tokens", type=int, default=0,
-                   help="token budget of a policy forward/backward; 0 = the stage's default")
-    p.add_argument("--logprob-tokens", type=int, default=8192, help="response length of the log-prob measurement")
-    p.add_argument("--logprob-hidden", type=int, default=64, help="hidden size of the log-prob measurement")
-    p.add_argument("--logprob-repeats", type=int, default=2,
-                   help="timed runs per log-prob path (each about half a minute on 2 CPU cores)")
-    p.add_argument("--shapes", nargs="+", default=["2B", "4B"], help="CUDA: published shapes (the first for align)")
-    p.add_argument("--peak-tflops", type=float, default=989.0, help="CUDA: dense bf16 peak (H100 SXM: 989)")
-    p.add_argument("--hbm-tbps", type=float, default=3.35, help="CUDA: HBM bandwidth in TB/s (H100 SXM: 3.35)")
-    p.add_argument("--sft-rows", type=int, default=4, help="CUDA: rows of the SFT micro-batch")
-    p.add_argument("--sft-seq", type=int, default=2048, help="CUDA: tokens per SFT row")
-    p.add_argument("--decode-prompts", type=int, default=8, help="CUDA: prompts of the decode measurement")
-    p.add_argument("--decode-tokens", type=int, default=256, help="CUDA: new tokens of the decode measurement")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--worker-out", help=argparse.SUPPRESS)
-    p.add_argument("--data-dir", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
-
-
-def main() -> None:
-    args = parse_args()
-    if args.worker:
-        return run_worker(args)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda but torch sees no GPU")
-    sections = args.sections or SECTIONS[args.device]
-    start = dict(date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), load_at_start=[round(x, 2) for x in os.getloadavg()])
-    t0 = time.perf_counter()
-    rows, failed = [], []
-    with tempfile.TemporaryDirectory(prefix="prism-bench-") as tmp:
-        data_dir = synth_data(Path(tmp) / "data")
-        for name in sections:
-            if name == "logprobs":
-                rows += run_logprobs(args, data_dir)
-                continue
-            result = spawn(name, args, data_dir)
-            if result is None:
-                failed.append(name)
-                rows.append(Row(f"{name}: section failed", [], "", "see the error above").summary())
-            else:
-                rows += result["rows"]
-    info, setting = machine_info(args, start), settings(args)
-    footnotes = number_footnotes(rows, args.device)
-    table = render(info, setting, rows, footnotes)
-    print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(machine=info, settings=setting, rows=rows, footnotes=footnotes,
-                                   failed=failed, table=table, seconds=round(time.perf_counter() - t0, 1)), indent=1))
-    log(f"wrote {out} ({time.perf_counter() - t0:.0f} s in all)")
-    if failed:
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,176 @@
+"""run.py: the one training loop (resume, logging, checkpoints, errors), the command line, and the module layers."""
+
+import ast
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, run_script
+from safetensors.torch import load_file, save_file
+
+import align
+import eval as evaluation
+import rlvr
+import run
+import sft
+import upcycle_moe
+
+
+class Counter(torch.nn.Module):
+    """The smallest checkpointable module: one weight, saved and loaded as the stages' models are."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(2))
+
+    def save_pretrained(self, processor, out: Path, d: run.Dist) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({"w": self.w.detach().clone()}, str(out / "w.safetensors"))
+
+    def load_weights(self, path: Path) -> None:
+        with torch.no_grad():
+            self.w.copy_(load_file(str(path / "w.safetensors"))["w"])
+
+
+@dataclass
+class LoopArgs:
+    resume: bool = False
+    save_every: int = 2
+    max_skipped_steps: int = 3
+
+
+def _training(out: Path, resume: bool):
+    module = Counter()
+    optimizer, scheduler = run.make_optimizer(module, 0.1, 0.0, 10, 1, "constant")
+    training = run.TrainingRun(out, run.Dist(), None, {"m": module}, {"m": optimizer}, {"m": scheduler},
+                               LoopArgs(resume=resume), console=("loss",), progress={"seen": 0})
+    return module, optimizer, scheduler, training
+
+
+def _step(module, optimizer, scheduler, training, skip_at=()):
+    def step(k: int) -> dict:
+        training.progress["seen"] += 3
+        loss = (module.w - torch.tensor([1.0, -1.0])).square().sum()
+        loss.backward()
+        if k + 1 in skip_at:
+            module.w.grad.fill_(float("nan"))
+        norm, stepped = run.clip_and_step(module, optimizer, scheduler, 10.0)
+        return {"loss": loss.item(), "optim/skipped_step": float(not stepped)}
+    return step
+
+
+def test_loop_logs_checkpoints_and_resumes_exactly(tmp_path):
+    module, optimizer, scheduler, training = _training(tmp_path / "full", resume=False)
+    training.loop(5, _step(module, optimizer, scheduler, training), "test")
+    lines = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4, 5] and all(x["time/step_s"] >= 0 for x in lines)
+    names = sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir())
+    assert names == ["step_00000002", "step_00000004", "step_00000005"]  # every 2 steps and at the end
+    # Resume from step 4: the loop starts at step 5, with the weights, optimizer and progress of step 4.
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    for name in ("step_00000002", "step_00000004"):
+        (resumed / "checkpoints" / name).symlink_to(tmp_path / "full" / "checkpoints" / name)
+    (resumed / "metrics.jsonl").write_text((tmp_path / "full" / "metrics.jsonl").read_text())
+    again, optimizer, scheduler, training = _training(resumed, resume=True)
+    assert training.start == 4 and training.progress == {"seen": 12}
+    training.loop(5, _step(again, optimizer, scheduler, training), "test")
+    assert torch.equal(again.w, module.w)
+    assert training.progress == {"seen": 15}
+    relogged = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in relogged] == [1, 2, 3, 4, 5] and relogged[4]["loss"] == lines[4]["loss"]
+
+
+def test_skipped_steps_in_a_row_stop_the_loop_and_errors_name_the_step(tmp_path):
+    module, optimizer, scheduler, training = _training(tmp_path / "a", resume=False)
+    with pytest.raises(run.TrainingError, match="step 4: 3 optimizer steps in a row had a non-finite gradient"):
+        training.loop(6, _step(module, optimizer, scheduler, training, skip_at=(2, 3, 4)), "test")
+
+    def failing(k: int) -> dict:
+        raise run.TrainingError("dynamic sampling kept 0 of 2 groups")
+
+    _, _, _, training = _training(tmp_path / "b", resume=False)
+    with pytest.raises(run.TrainingError, match="^step 1: dynamic sampling kept 0 of 2 groups$"):
+        training.loop(2, failing, "test")
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line
+# ----------------------------------------------------------------------------------------------
+
+STAGES = {"sft": sft.Args, "warmup": upcycle_moe.WarmupArgs, "upcycle": upcycle_moe.UpcycleArgs,
+          "align": align.Args, "rlvr": rlvr.Args, "eval": evaluation.Args}
+
+
+def test_one_name_per_knob_across_stages():
+    fields = {stage: {f: t for f, t in cls.__annotations__.items()} for stage, cls in STAGES.items()}
+    # The policy, its learning rate and its clip range have one name each, wherever they appear.
+    for stage in ("sft", "align", "rlvr", "eval"):
+        assert "policy" in fields[stage] and "model" not in fields[stage], stage
+    for stage in ("sft", "align", "rlvr"):
+        assert "lr" in fields[stage] and "policy_lr" not in fields[stage], stage
+    for stage in ("warmup", "align"):
+        assert {"disc_lr", "disc_micro_batch", "disc_loss", "score_clip", "score_reg"} <= set(fields[stage]), stage
+        assert "micro_batch" not in fields[stage] and "lr" not in fields["warmup"]
+    for stage in ("align", "rlvr"):
+        assert {"clip_low", "clip_high", "dual_clip", "micro_batch_tokens"} <= set(fields[stage])
+        assert "clip_ratio" not in fields[stage]
+    # A knob shared by several stages has one type everywhere (optional per-algorithm defaults aside; a stage
+    # may take several of a thing, as eval.py takes several policies).
+    seen = {}
+    for stage, names in fields.items():
+        for name, kind in names.items():
+            kind = typing.get_args(kind)[0] if typing.get_origin(kind) in (list, types.UnionType) else kind
+            base = kind.__name__ if isinstance(kind, type) else str(kind)
+            assert seen.setdefault(name, base) == base, (stage, name, kind, seen[name])
+
+
+def test_help_shows_per_algorithm_defaults_and_flags_are_exact(tmp_path):
+    help_text = run_script(["rlvr.py", "--help"]).stdout
+    assert "default per --algo: grpo 0.2, dapo 0.28, gspo 0.0004" in " ".join(help_text.split())
+    assert "(default: None)" not in help_text
+    args = run.parse_args(rlvr.Args, ["--policy", "p", "--data", "d", "--out", "o", "--clip-high", "0.3",
+                                      "--dynamic-sampling", "--no-std-normalize"])
+    assert args.clip_high == 0.3 and args.dynamic_sampling is True and args.std_normalize is False
+    assert rlvr.with_preset(args).clip_low == 0.2 and rlvr.with_preset(args).clip_high == 0.3
+    with pytest.raises(SystemExit):  # an abbreviation of --micro-batch-tokens is not a flag
+        run.parse_args(rlvr.Args, ["--policy", "p", "--data", "d", "--out", "o", "--micro-batch", "8"])
+
+
+# ----------------------------------------------------------------------------------------------
+# The module layers
+# ----------------------------------------------------------------------------------------------
+
+# Each module may import only modules of lower layers; toy/ and bench.py serve the demo, the tests and
+# the benchmark, and no pipeline module imports them.
+LAYERS = [{"data"}, {"grading", "run"}, {"model"}, {"policy_gradient"}, {"sft", "upcycle_moe", "align", "rlvr", "eval"},
+          {"toy"}, {"bench"}]
+
+
+def _project_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_imports_keep_their_layers_and_files_their_size():
+    layer_of = {m: k for k, layer in enumerate(LAYERS) for m in layer}
+    files = list(ROOT.glob("*.py")) + list((ROOT / "toy").glob("*.py")) + list((ROOT / "bench").glob("*.py"))
+    for path in files:
+        module = path.parent.name if path.parent != ROOT else path.stem
+        if module not in layer_of:
+            continue
+        for imported in _project_imports(path) & set(layer_of):
+            if imported == module:
+                continue
+            assert layer_of[imported] < layer_of[module], f"{path.name} imports {imported}"
+        limit = 450 if module in ("sft", "upcycle_moe", "align", "rlvr") else 700
+        assert len(path.read_text().splitlines()) <= limit, path.name
