@@ -173,8 +173,9 @@ class Example:
     question: str
     images: list[ImageRef]
     where: str
-    answer: str | None = None
+    answer: str | list[str] | None = None  # a list: several accepted answers
     choices: list[str] | None = None
+    precision: int | None = None  # decimal places the item states its numeric answer to
     qtype: str | None = None
     teacher_caption: str | None = None
     teacher_cot: str | None = None
@@ -314,7 +315,8 @@ def load_prompts(path: str | Path) -> list[Example]:
 
     Parquet: `prompt` (system/user messages), `images`, `reward_model.ground_truth`, optional
     `teacher_caption` / `teacher_cot`, `extra_info.{index,type}`.
-    JSONL: {"id", "question", "images", "answer", optional "choices", "type"}.
+    JSONL: {"id", "question", "images", "answer", optional "choices", "precision", "type"}.
+    An answer may be a list of accepted answers; it stays a list.
     """
     path = Path(path)
     if path.suffix == ".parquet":
@@ -323,9 +325,44 @@ def load_prompts(path: str | Path) -> list[Example]:
     for where, rec in _read_jsonl(path):
         images = [_image_ref(v, path.parent, where) for v in rec.get("images") or []]
         question = _check_placeholders(_field(rec, "question", where), len(images), where)
-        out.append(Example(str(rec.get("id", where)), question, images, where, answer=str(_field(rec, "answer", where)),
-                           choices=rec.get("choices"), qtype=rec.get("type")))
+        if "answer" not in rec:
+            raise DataError(f"{where}: missing field 'answer'")
+        out.append(Example(str(rec.get("id", where)), question, images, where,
+                           answer=read_answer(rec["answer"], [], f"{where}: field 'answer'"),
+                           choices=read_choices(rec.get("choices"), where),
+                           precision=read_precision(rec.get("precision"), where),
+                           qtype=rec.get("type")))
     return out
+
+
+def read_answer(truth, equivalent, where: str) -> str | list[str]:
+    """A ground truth as a string, or the list of accepted answers (the truth and its equivalents)."""
+    accepted = []
+    for value in (truth if isinstance(truth, list) else [truth]) + list(equivalent or []):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)) or str(value).strip() == "":
+            raise DataError(f"{where}: an answer must be a non-empty string or number (or a list of them), "
+                            f"got {value!r}"[:200])
+        if value != "__EMPTY__":  # verl's placeholder for "no equivalent answers"
+            accepted.append(str(value))
+    return accepted[0] if len(accepted) == 1 else accepted
+
+
+def read_choices(choices, where: str) -> list[str] | None:
+    if choices is None:
+        return None
+    if not isinstance(choices, list) or not all(isinstance(c, (str, int, float)) for c in choices):
+        raise DataError(f"{where}: 'choices' must be a list of option texts")
+    return [str(c) for c in choices] or None
+
+
+def read_precision(precision, where: str) -> int | None:
+    """The decimal places an item states (MathVista stores them as floats such as 2.0; NaN = none)."""
+    if precision is None or (isinstance(precision, float) and precision != precision):
+        return None
+    if isinstance(precision, bool) or not isinstance(precision, (int, float)) or precision < 0 \
+            or precision != int(precision):
+        raise DataError(f"{where}: 'precision' must be a whole number of decimal places, got {precision!r}")
+    return int(precision)
 
 
 def read_parquet_rows(path: Path) -> list[dict]:
@@ -352,14 +389,16 @@ def _load_parquet_prompts(path: Path) -> list[Example]:
         images = [_image_ref(v, path.parent, where) for v in rec.get("images") or []]
         question = _check_placeholders(user[0], len(images), where)
         reward_model = rec.get("reward_model") or {}
-        truth = reward_model.get("ground_truth") if isinstance(reward_model, dict) else None
+        truth, equivalent = (reward_model.get("ground_truth"), reward_model.get("equivalent_answers")) \
+            if isinstance(reward_model, dict) else (None, None)
         extra = rec.get("extra_info") if isinstance(rec.get("extra_info"), dict) else {}
         for key in ("teacher_caption", "teacher_cot"):
             if rec.get(key) is not None and not isinstance(rec[key], str):
                 raise DataError(f"{where}: field {key!r} must be str, got {type(rec[key]).__name__}")
             _check_text(rec.get(key) or "", f"{where}: {key}")
         out.append(Example(str(extra.get("index", i)), question, images, where,
-                           answer=None if truth is None else str(truth), qtype=extra.get("type"),
+                           answer=None if truth is None else read_answer(truth, equivalent, f"{where}: ground_truth"),
+                           qtype=extra.get("type"),
                            teacher_caption=rec.get("teacher_caption"), teacher_cot=rec.get("teacher_cot"),
                            system=system))
     return out

@@ -1,7 +1,7 @@
 r"""Evaluation — accuracy, format validity and response length of checkpoints on benchmarks (spec §8, §0.1).
 
 Each checkpoint answers every item of every benchmark once in the caption/think/answer format,
-and the answer inside <answer> is graded by the project's rule judge (grading.reward_parts; no LLM
+and the answer inside <answer> is graded by the project's rule judge (grading.example_reward; no LLM
 judge, so no step can flip a wrong answer to a right one):
 
     accuracy   = mean_i acc_i      acc_i = 1 iff the response is well formed and its answer matches the truth
@@ -128,19 +128,20 @@ def mathvista_examples(path: Path) -> list[Example]:
         else:
             qtype = row["answer_type"]
         out.append(Example(str(row["pid"]), "<image>\n" + row["query"], [_image_bytes(row["decoded_image"], where)],
-                           where, answer=answer, choices=choices, qtype=qtype))
+                           where, answer=answer, choices=choices, qtype=qtype,
+                           precision=data.read_precision(row.get("precision"), where)))
     return out
 
 
-def _mmmu_options(text: str, where: str) -> list[str]:
-    """The `options` column: a Python list literal of strings, read without evaluating code."""
+def _list_literal(text: str, where: str) -> list[str]:
+    """A Python list literal of strings (MMMU's `options`, some of its answers), read without evaluating code."""
     try:
-        options = ast.literal_eval(text)
+        values = ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
-        options = None
-    if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
-        raise DataError(f"{where}: options must be a list literal of strings, got {text[:80]!r}")
-    return options
+        values = None
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise DataError(f"{where}: must be a list literal of strings, got {text[:80]!r}")
+    return values
 
 
 def _place_mmmu_images(text: str, row: dict, where: str) -> tuple[str, list[bytes]]:
@@ -165,7 +166,7 @@ def mmmu_examples(path: Path) -> list[Example]:
     for i, row in enumerate(data.read_parquet_rows(path)):
         where = f"{path}:row {i}"
         _require(row, ("id", "question", "options", "answer", "question_type"), where)
-        options = _mmmu_options(row["options"], where)
+        options = _list_literal(row["options"], f"{where}: options")
         if row["question_type"] == "multiple-choice":
             if row["answer"] not in LETTERS[:len(options)]:
                 raise DataError(f"{where}: answer {row['answer']!r} is not the letter of one of {len(options)} options")
@@ -175,7 +176,10 @@ def mmmu_examples(path: Path) -> list[Example]:
             text = f"{row['question']}\n{MMMU_OPEN_PROMPT}"
         text, images = _place_mmmu_images(text, row, where)
         subject = _MMMU_SUBJECT.match(str(row["id"]))
-        out.append(Example(str(row["id"]), text, images, where, answer=row["answer"], choices=options or None,
+        # Some open answers are stored as the text of a list of accepted answers: "['Lyon', 'France']".
+        answer = _list_literal(row["answer"], f"{where}: answer") if row["answer"].lstrip().startswith("[") \
+            else row["answer"]
+        out.append(Example(str(row["id"]), text, images, where, answer=answer, choices=options or None,
                            qtype=subject.group(1) if subject else row.get("subfield")))
     return out
 
@@ -251,7 +255,7 @@ def grade_item(index: int, example: Example, response: str, tokens: int, truncat
     so evaluation grades exactly as the RL reward does.
     """
     parsed = data.parse_response(response)
-    _, accuracy, fmt = grading.reward_parts(response, example.answer)
+    _, accuracy, fmt = grading.example_reward(response, example)
     return {"index": index, "id": example.id, "qtype": example.qtype, "truth": example.answer,
             "response": response, "parsed_answer": parsed.answer if parsed.valid else None,
             "accuracy": accuracy, "format": fmt, "tokens": tokens, "truncated": truncated}

@@ -158,11 +158,12 @@ def decode_responses(rollouts: model.Rollouts, tokenizer) -> list[str]:
 # One RLVR step
 # ----------------------------------------------------------------------------------------------
 
-RewardFn = Callable[[str, str], tuple[float, float, float]]  # (response text, truth) → (reward, accuracy, format)
+# (response text, the item: its answer, options, precision) → (reward, accuracy, format)
+RewardFn = Callable[[str, data.Example], tuple[float, float, float]]
 
 
 def rlvr_step(policy, optimizer, scheduler, processor, prompts: list[data.Example], args: Args, loss_cfg: LossConfig,
-              progress: dict, d: run.Dist, reward_fn: RewardFn = grading.reward_parts, ref_policy=None) -> dict:
+              progress: dict, d: run.Dist, reward_fn: RewardFn = grading.example_reward, ref_policy=None) -> dict:
     """One step: rollouts (round after round under dynamic sampling) → rewards → group advantages →
     one policy-gradient step. `progress["prompts_consumed"]` is the position in the prompt stream;
     it advances by every round's prompts. Returns the step's metrics, phase timings included."""
@@ -183,7 +184,7 @@ def rlvr_step(policy, optimizer, scheduler, processor, prompts: list[data.Exampl
                                            args.rollouts_per_prompt, args.max_new_tokens, args.temperature,
                                            args.top_p, bf16=args.bf16, compile_decode=args.compile_decode)
         t1 = time.time()
-        graded = [reward_fn(text, examples[g].answer)
+        graded = [reward_fn(text, examples[g])
                   for text, g in zip(decode_responses(rollouts, tokenizer), rollouts.group.tolist())]
         reward, accuracy, fmt = (torch.tensor(col) for col in zip(*graded))
         keep = groups_with_varying_accuracy(accuracy, rollouts.group.cpu()) if args.dynamic_sampling \
@@ -268,7 +269,7 @@ def select_groups(parts, wanted: int, pad_id: int, d: run.Dist):
 # ----------------------------------------------------------------------------------------------
 
 
-def main(args: Args, reward_fn: RewardFn = grading.reward_parts) -> None:
+def main(args: Args, reward_fn: RewardFn = grading.example_reward) -> None:
     args = with_preset(args)
     d = run.init_distributed(args.device)
     run.seed_everything(args.seed + d.rank)  # ranks sample different responses

@@ -38,7 +38,7 @@ FOOTNOTES = {
            "detaches its log-probs), so there is no separate old-log-prob pass; 0 by construction.",
     "reward": "The advantages use a benchmark reward, U(0, 1) per rollout from a seeded generator, so that every "
               "group has non-zero advantages and the update does its full work on a random model; the real grader "
-              "(grading.reward_parts over the decoded responses) still runs and is what this row times, with "
+              "(grading.example_reward over the decoded responses) still runs and is what this row times, with "
               "policy_gradient.group_advantages.",
     "rss": "Peak RSS is the section's whole process (getrusage ru_maxrss): interpreter, torch, transformers, "
            "model(s), optimizer state and the steps; each section runs in a fresh process.",
@@ -235,8 +235,8 @@ def grpo_settings(args) -> rlvr.Args:
 def benchmark_reward(gen: torch.Generator) -> rlvr.RewardFn:
     """The real grader runs on every response and is timed with the reward phase; the reward it hands back is
     U(0, 1) from a seeded generator, because a random model's rewards are all 0 and would zero every advantage."""
-    def reward(text: str, truth: str) -> tuple[float, float, float]:
-        grading.reward_parts(text, truth)
+    def reward(text: str, example: data.Example) -> tuple[float, float, float]:
+        grading.example_reward(text, example)
         return float(torch.rand((), generator=gen)), 0.0, 0.0
     return reward
 
@@ -330,7 +330,7 @@ def run_grpo(args, d, data_dir: Path) -> list[Row]:
         Row("grpo: rollout", [m["time/rollout_s"] for m in timed], "s",
             "data.encode_prompts + model.generate_rollouts"),
         Row("grpo: reward", [m["time/reward_s"] for m in timed], "s",
-            "decode + grading.reward_parts + advantages [reward]"),
+            "decode + grading.example_reward + advantages [reward]"),
         Row("grpo: old log-probs", [0.0 for _ in timed], "s", "taken from the update's forward [old]"),
         Row("grpo: policy update", [m["time/update_s"] for m in timed], "s",
             f"policy_gradient.policy_update, GRPO preset, AdamW, token budget {a.micro_batch_tokens}"),

@@ -19,7 +19,8 @@ import run  # noqa: E402
 _alternate = itertools.cycle([1.0, 0.0])
 
 
-def scripted_reward(text: str, truth: str):
+def scripted_reward(text: str, example):
+    truth = example.answer
     acc = {"ALWAYS": 1.0, "NEVER": 0.0}.get(truth) if truth in ("ALWAYS", "NEVER") else next(_alternate)
     return 0.8 * acc + 0.2, acc, 1.0
 

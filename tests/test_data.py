@@ -201,6 +201,35 @@ def test_parquet_with_wrong_column_types_is_named(tmp_path):
         data.load_prompts(tmp_path / "x.parquet")
 
 
+def test_answers_keep_their_lists_options_and_precision(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"question": "Q1", "answer": ["Lyon", "France"]}, {"question": "Q2", "answer": 6, "precision": 2.0},
+            {"question": "Q3", "answer": "D", "choices": ["3", "4", "5", "6"]}]
+    loaded = data.load_prompts(_write(tmp_path, "items.jsonl", rows))
+    assert loaded[0].answer == ["Lyon", "France"]
+    assert (loaded[1].answer, loaded[1].precision) == ("6", 2)
+    assert loaded[2].choices == ["3", "4", "5", "6"] and loaded[2].precision is None
+    for bad, message in (({"answer": ""}, "non-empty"), ({"answer": {"x": 1}}, "non-empty string"),
+                         ({"answer": "1", "precision": 1.5}, "whole number"),
+                         ({"answer": "1", "choices": "AB"}, "list")):
+        with pytest.raises(data.DataError, match=message):
+            data.load_prompts(_write(tmp_path, "bad.jsonl", [{"question": "Q", **bad}]))
+    # verl's reward_model: a list ground truth stays a list; equivalent answers join it; "__EMPTY__" is none.
+    prompt = [[{"role": "user", "content": "Q?"}]] * 2
+    lists = pa.table({"prompt": prompt, "images": [[]] * 2, "reward_model": [
+        {"ground_truth": ["4", "four"], "equivalent_answers": None},
+        {"ground_truth": ["7"], "equivalent_answers": []}]})
+    strings = pa.table({"prompt": prompt, "images": [[]] * 2, "reward_model": [
+        {"ground_truth": "0.5", "equivalent_answers": ["1/2", "__EMPTY__"]},
+        {"ground_truth": "7", "equivalent_answers": ["__EMPTY__"]}]})
+    pq.write_table(lists, tmp_path / "lists.parquet")
+    pq.write_table(strings, tmp_path / "strings.parquet")
+    assert [e.answer for e in data.load_prompts(tmp_path / "lists.parquet")] == [["4", "four"], "7"]
+    assert [e.answer for e in data.load_prompts(tmp_path / "strings.parquet")] == [["0.5", "1/2"], "7"]
+
+
 def test_incomplete_pairs_are_skipped_and_counted(tmp_path):
     full = {"prompt": "Q", "teacher_caption": "a", "student_caption": "b", "teacher_cot": "c", "student_cot": "d"}
     path = _write(tmp_path, "pairs.jsonl", [full, {**full, "student_cot": ""}, full])

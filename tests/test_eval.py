@@ -131,7 +131,13 @@ def test_mathvista_rows_become_examples(tmp_path):
     assert (choice.id, choice.answer, choice.choices, choice.qtype) == ("1", "B", ["3 cm", "5 cm", "7 cm"],
                                                                         "multi_choice")
     assert choice.question == "<image>\n" + rows[0]["query"] and choice.images == [red]
-    assert (number.answer, number.choices, number.qtype) == ("1.5", None, "float")
+    assert (number.answer, number.choices, number.qtype, number.precision) == ("1.5", None, "float", 1)
+    # The item's options and stated precision reach the grader: the value of option B, and 1.46 at one place.
+    respond = "<caption>\n- a bar\n</caption>\n<think>\nmeasured\n</think>\n<answer>{}</answer>".format
+    assert evaluation.grade_item(0, choice, respond("5 cm"), 9, False)["accuracy"] == 1.0
+    assert evaluation.grade_item(0, choice, respond("7 cm"), 9, False)["accuracy"] == 0.0
+    assert evaluation.grade_item(1, number, respond("1.46"), 9, False)["accuracy"] == 1.0
+    assert evaluation.grade_item(1, number, respond("1.4"), 9, False)["accuracy"] == 0.0
     assert number.question.startswith("<image>\nHint:") and number.question.count("<image>") == 1
     assert number.images == [blue]
     # The examples go through the project's batching like any other prompt.
@@ -162,10 +168,13 @@ def test_mmmu_rows_become_examples(tmp_path):
         {"id": "validation_Math_12", "question": "Is <image 2> larger than <image 1>? By how much is <image 2> wider?",
          "options": "[]", "answer": "12", "question_type": "open", "subfield": "Geometry",
          "image_1": {"bytes": imgs[1], "path": None}, "image_2": {"bytes": imgs[2], "path": None}},
+        {"id": "validation_Geography_5", "question": "Where is <image 1> taken?", "options": "[]",
+         "answer": "['Lyon', 'France']", "question_type": "open", "image_1": {"bytes": imgs[1], "path": None}},
     ]
     path = tmp_path / "validation-00000-of-00001.parquet"
     pq.write_table(_mmmu_table(rows), path)
-    choice, open_question = evaluation.load_benchmark_file(path)
+    choice, open_question, listed = evaluation.load_benchmark_file(path)
+    assert listed.answer == ["Lyon", "France"]  # the text of a list of accepted answers becomes the list
     assert choice.question == ("Look at <image>. Which sketch shows the same style?\n(A) <image>\n(B) <image>\n"
                                "(C) Neither\n" + evaluation.MMMU_CHOICE_PROMPT)
     assert choice.images == [imgs[1], imgs[2], imgs[3]]
