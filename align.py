@@ -40,11 +40,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+import batching
 import data
 import model
 import policy_gradient as pg
 import run
-from run import arg
+from run import AT_LEAST_ONE, BELOW_ONE, FRACTION, NON_NEGATIVE, POSITIVE, PROBABILITY, arg
 
 
 @dataclass
@@ -55,40 +56,44 @@ class Args:
                               "schema)", required=True)
     out: str = arg(None, "output directory", required=True)
     seed: int = arg(0, "seed for prompt order and sampling")
-    steps: int = arg(500, "alignment steps (one discriminator and one policy update each)")
+    steps: int = arg(500, "alignment steps (one discriminator and one policy update each)", check=AT_LEAST_ONE)
     resume: bool = arg(False, "continue from the newest complete checkpoint in --out")
     # rollouts (§4.2)
-    prompts_per_step: int = arg(4, "prompts per step, over all ranks")
-    rollouts_per_prompt: int = arg(16, "responses sampled per prompt")
-    max_new_tokens: int = arg(6144, "maximum response length")
-    max_prompt_len: int = arg(2048, "prompts longer than this (images included) are dropped and counted")
-    temperature: float = arg(1.0, "sampling temperature")
-    top_p: float = arg(1.0, "nucleus sampling; 1.0 samples from the full softmax")
+    prompts_per_step: int = arg(4, "prompts per step, over all ranks", check=AT_LEAST_ONE)
+    rollouts_per_prompt: int = arg(16, "responses sampled per prompt", check=AT_LEAST_ONE)
+    max_new_tokens: int = arg(6144, "maximum response length", check=AT_LEAST_ONE)
+    max_prompt_len: int = arg(2048, "prompts longer than this (images included) are dropped and counted",
+                              check=AT_LEAST_ONE)
+    temperature: float = arg(1.0, "sampling temperature", check=POSITIVE)
+    top_p: float = arg(1.0, "nucleus sampling; 1.0 samples from the full softmax", check=PROBABILITY)
     # reward and advantage (§4.3, §4.5)
-    alpha: float = arg(0.5, "weight of the perception score in the advantage; reasoning gets 1 − alpha")
-    format_penalty: float = arg(1.5, "subtracted from the advantage of a malformed rollout")
-    score_clip: float = arg(model.SCORE_CLIP, "discriminator scores are clipped to ±this")
+    alpha: float = arg(0.5, "weight of the perception score in the advantage; reasoning gets 1 − alpha", check=FRACTION)
+    format_penalty: float = arg(1.5, "subtracted from the advantage of a malformed rollout", check=NON_NEGATIVE)
+    score_clip: float = arg(model.SCORE_CLIP, "discriminator scores are clipped to ±this", check=POSITIVE)
     # discriminator step (§4.4)
     disc_loss: Literal["bce", "bt"] = arg("bce", "pair loss: bce (GAN form, this project's default) or bt (the "
                                                  "release's Bradley-Terry)")
-    score_reg: float = arg(1e-3, "λ of the squared-score regulariser")
-    disc_lr: float = arg(1e-6, "discriminator learning rate (AdamW, constant)")
+    score_reg: float = arg(1e-3, "λ of the squared-score regulariser", check=NON_NEGATIVE)
+    disc_lr: float = arg(1e-6, "discriminator learning rate (AdamW, constant)", check=POSITIVE)
     disc_micro_batch: int = arg(16, "student responses per discriminator forward/backward on each rank, each "
-                                    "scored with its teacher on both segments")
+                                    "scored with its teacher on both segments", check=AT_LEAST_ONE)
     # policy step (§4.6)
-    lr: float = arg(1e-6, "policy learning rate (AdamW, constant)")
-    clip_low: float = arg(0.2, "ε_low of the clipped surrogate")
-    clip_high: float = arg(0.2, "ε_high of the clipped surrogate")
-    dual_clip: float = arg(3.0, "dual-clip constant c for A < 0; 0 = off")
-    micro_batch_tokens: int = arg(8192, "token budget of one policy forward/backward (prompt + response)")
-    weight_decay: float = arg(0.01, "AdamW weight decay of both models")
-    max_grad_norm: float = arg(1.0, "clip each model's global gradient norm to this")
+    lr: float = arg(1e-6, "policy learning rate (AdamW, constant)", check=POSITIVE)
+    clip_low: float = arg(0.2, "ε_low of the clipped surrogate", check=BELOW_ONE)
+    clip_high: float = arg(0.2, "ε_high of the clipped surrogate", check=NON_NEGATIVE)
+    dual_clip: float = arg(3.0, "dual-clip constant c for A < 0; 0 = off", check=NON_NEGATIVE)
+    micro_batch_tokens: int = arg(8192, "token budget of one policy forward/backward (prompt + response)",
+                                  check=AT_LEAST_ONE)
+    weight_decay: float = arg(0.01, "AdamW weight decay of both models", check=NON_NEGATIVE)
+    max_grad_norm: float = arg(1.0, "clip each model's global gradient norm to this", check=POSITIVE)
     gradient_checkpointing: bool = arg(False, "recompute decoder activations in backward to save memory")
     bf16: bool = arg(False, "bf16 compute on GPU")
     compile_decode: bool = arg(False, "static KV cache and a torch.compile'd decode step in generate (CUDA graphs "
                                       "on GPU); compiles once per 64-token prompt-length bucket")
-    max_skipped_steps: int = arg(10, "stop after this many optimizer steps in a row with a non-finite gradient")
-    save_every: int = arg(100, "write a resumable checkpoint every this many steps (and at the end)")
+    max_skipped_steps: int = arg(10, "stop after this many optimizer steps in a row with a non-finite gradient",
+                                 check=AT_LEAST_ONE)
+    save_every: int = arg(100, "write a resumable checkpoint every this many steps (and at the end)",
+                          check=AT_LEAST_ONE)
     device: str | None = arg(None, "cpu or cuda; default: cuda when available")
 
 
@@ -199,7 +204,7 @@ def alignment_step(policy, disc, optimizers: dict, schedulers: dict, processor, 
     tokenizer, pad_id = processor.tokenizer, processor.tokenizer.pad_token_id
     # 1. Prompts carrying teacher demonstrations; n rollouts each.
     t0 = time.time()
-    rollouts = model.generate_rollouts(policy, data.encode_prompts(processor, examples).to(d.device), tokenizer,
+    rollouts = model.generate_rollouts(policy, batching.encode_prompts(processor, examples).to(d.device), tokenizer,
                                        args.rollouts_per_prompt, args.max_new_tokens, args.temperature, args.top_p,
                                        bf16=args.bf16, compile_decode=args.compile_decode)
     t1 = time.time()
@@ -260,12 +265,19 @@ def alignment_step(policy, disc, optimizers: dict, schedulers: dict, processor, 
 
 def main(args: Args, split: Callable[..., Segments] = split_rollouts) -> None:
     d = run.init_distributed(args.device)
+    if args.prompts_per_step % d.world_size:
+        raise run.flag_error("prompts_per_step", args.prompts_per_step, f"must divide by the {d.world_size} ranks")
     run.seed_everything(args.seed + d.rank)  # ranks sample different responses
     out = Path(args.out)
     processor = model.load_processor(args.policy)
     if model.load_processor(args.discriminator).tokenizer.get_vocab() != processor.tokenizer.get_vocab():
-        raise SystemExit(f"{args.discriminator} and {args.policy} must share one tokenizer: the discriminator "
-                         "reads the policy's tokens")
+        raise data.DataError(f"{args.discriminator} and {args.policy} must share one tokenizer: the discriminator "
+                             "reads the policy's tokens")
+    # Every file is read and checked before any model is loaded: bad data fails here, naming the record.
+    prompts = [e for f in args.data for e in data.load_prompts(f, data.control_tokens(processor.tokenizer))]
+    for e in prompts:
+        e.teacher_response()  # raises, naming the record, if a demonstration is missing
+    prompts, dropped = data.drop_long_prompts(processor, prompts, args.max_prompt_len)
     policy = model.Policy.from_pretrained(args.policy, device=d.device)
     disc = model.Discriminator.from_pretrained(args.discriminator, device=d.device)
     if args.gradient_checkpointing:
@@ -277,13 +289,6 @@ def main(args: Args, split: Callable[..., Segments] = split_rollouts) -> None:
         optimizers[name], schedulers[name] = run.make_optimizer(models[name], lr, args.weight_decay, args.steps, 1,
                                                                 "constant")
     loss_cfg = pg.LossConfig.from_args(args)
-
-    prompts = [e for f in args.data for e in data.load_prompts(f)]
-    for e in prompts:
-        e.teacher_response()  # raises, naming the record, if a demonstration is missing
-    prompts, dropped = data.drop_long_prompts(processor, prompts, args.max_prompt_len)
-    if args.prompts_per_step % d.world_size:
-        raise SystemExit(f"--prompts-per-step {args.prompts_per_step} must divide by the {d.world_size} ranks")
     training = run.TrainingRun(out, d, processor, models, optimizers, schedulers, args,
                                ("disc/perception/gap", "disc/reasoning/gap", "reward/format", "loss/disc",
                                 "response/length_mean", "time/rollout_s"))
@@ -292,7 +297,7 @@ def main(args: Args, split: Callable[..., Segments] = split_rollouts) -> None:
               f"{args.rollouts_per_prompt} rollouts per step, {args.disc_loss} discriminator loss, α = {args.alpha}")
 
     def step(k: int) -> dict:
-        picked = data.stream_indices(len(prompts), args.seed, k * args.prompts_per_step, args.prompts_per_step)
+        picked = batching.stream_indices(len(prompts), args.seed, k * args.prompts_per_step, args.prompts_per_step)
         examples = [prompts[i] for i in run.rank_share(picked, d)]
         return alignment_step(models["policy"], models["discriminator"], optimizers, schedulers, processor, examples,
                               args, loss_cfg, d, split)

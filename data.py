@@ -10,8 +10,8 @@ Sections, in order:
 The answer grader and the verifiable reward live in grading.py; the synthetic task in toy/world.py.
 """
 
-import dataclasses
-import functools
+import base64
+import binascii
 import io
 import json
 import re
@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 # ----------------------------------------------------------------------------------------------
@@ -213,35 +211,80 @@ class WarmupPair:
     where: str
 
 
+_DATA_URI = re.compile(r"data:image/[\w.+-]+;base64,(.*)", re.S)
+
+
+def _shown(value: str) -> str:
+    """A value as an error message quotes it: at most 60 characters."""
+    return value if len(value) <= 60 else f"{value[:57]}... ({len(value)} characters)"
+
+
 def _image_ref(value, base: Path, where: str) -> ImageRef:
-    """A path relative to the data file, an absolute path, raw bytes, or an HF {"bytes", "path"} struct."""
+    """A path relative to the data file, an absolute path, raw bytes, a `data:image/…;base64,` URI, or an HF
+    {"bytes", "path"} struct."""
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
     if isinstance(value, bytes):
         return value
     if not isinstance(value, str) or not value:
         raise DataError(f"{where}: an image entry must be a path or bytes, got {type(value).__name__}")
+    if value.startswith("data:"):
+        try:
+            return base64.b64decode(_DATA_URI.fullmatch(value).group(1), validate=True)
+        except (AttributeError, binascii.Error):
+            raise DataError(f"{where}: cannot decode the image data URI {_shown(value)!r}; expected "
+                            "data:image/<format>;base64,<data>") from None
     if value.startswith(("http://", "https://")):
-        raise DataError(f"{where}: image {value} is a URL; download the images and give local paths")
+        raise DataError(f"{where}: image {_shown(value)} is a URL; download the images and give local paths")
     path = Path(value) if Path(value).is_absolute() else base / value
     if not path.is_file():
-        raise DataError(f"{where}: image file {path} does not exist")
+        raise DataError(f"{where}: image file {path if len(value) < 4096 else _shown(value)} does not exist")
     return path
 
 
+IMAGE_FIELDS = ("images", "image")  # the spellings the public data sets use
+_IMAGE_LIKE = re.compile(r"image|img|picture|photo", re.I)
+
+
+def _record_images(record: dict, base: Path, where: str) -> list[ImageRef]:
+    """A record's images, from `images` (a list, or one image) or `image`. A record holding images under a
+    name the loader does not read is refused rather than loaded as text only."""
+    given = [key for key in IMAGE_FIELDS if record.get(key) not in (None, [], "")]
+    if unread := [key for key in record if key not in IMAGE_FIELDS and _IMAGE_LIKE.search(key)
+                  and record[key] not in (None, [], "")]:
+        raise DataError(f"{where}: field {unread[0]!r} looks like an image field but is not read; images are read "
+                        f"from {' or '.join(repr(k) for k in IMAGE_FIELDS)}")
+    if len(given) > 1:
+        raise DataError(f"{where}: both 'images' and 'image' are given; keep one")
+    value = record[given[0]] if given else []
+    return [_image_ref(v, base, where) for v in (value if isinstance(value, list) else [value])]
+
+
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+# The Qwen chat format's control tokens, refused in data text when no tokenizer is at hand to list its own.
+CONTROL_TOKENS = frozenset(VISION_TOKENS + ("<|im_start|>", "<|im_end|>", "<|endoftext|>"))
 
 
-def _check_text(text: str, where: str) -> str:
-    """Text may not spell a vision token: the processor would take it for an image that is not there."""
-    if found := [t for t in VISION_TOKENS if t in text]:
-        raise DataError(f"{where}: the text contains the vision token {found[0]}; images are given as <image>")
+def control_tokens(tokenizer) -> frozenset[str]:
+    """Every special or added control token of a tokenizer: text that spells one would be read as that
+    token (a new turn, an image, the end of a response), not as text."""
+    added = {token.content for token in tokenizer.added_tokens_decoder.values() if token.special}
+    return CONTROL_TOKENS | frozenset(tokenizer.all_special_tokens) | frozenset(added)
+
+
+def _check_text(text: str, where: str, control: frozenset[str] = CONTROL_TOKENS) -> str:
+    """Text may not spell a control token: "<|im_end|>\n<|im_start|>assistant\n…" in a user turn would
+    become an assistant turn, and a spelled <|image_pad|> an image that is not there."""
+    if found := sorted(t for t in control if t in text):
+        hint = "; images are given as <image>" if found[0] in VISION_TOKENS else ""
+        raise DataError(f"{where}: the text spells the control token {found[0]}{hint}")
     return text
 
 
-def _check_placeholders(text: str, n_images: int, where: str) -> str:
-    """Questions without placeholders get them in front; a count that disagrees is an error."""
-    count = _check_text(text, where).count("<image>")
+def _check_placeholders(text: str, n_images: int, where: str, control: frozenset[str] = CONTROL_TOKENS) -> str:
+    """Questions without placeholders get their images in front of the text (the Qwen-VL convention);
+    a count that disagrees is an error."""
+    count = _check_text(text, where, control).count("<image>")
     if count == 0 and n_images:
         return "<image>" * n_images + "\n" + text
     if count != n_images:
@@ -278,8 +321,12 @@ def _field(record: dict, key: str, where: str, kind=str):
 _ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
 
 
-def load_sft(path: str | Path) -> list[Conversation]:
-    """LLaMA-Factory ShareGPT multimodal JSONL: `messages` (role/content) or `conversations` (from/value)."""
+def load_sft(path: str | Path, control: frozenset[str] = CONTROL_TOKENS) -> list[Conversation]:
+    """LLaMA-Factory ShareGPT multimodal JSONL: `messages` (role/content) or `conversations` (from/value).
+
+    Images are placed by "<image>" placeholders, in user turns only (a chat template renders images
+    there; elsewhere it drops them or makes them targets). control: tokens no text may spell.
+    """
     path = Path(path)
     out = []
     for where, rec in _read_jsonl(path):
@@ -296,13 +343,15 @@ def load_sft(path: str | Path) -> list[Conversation]:
             if not ok:
                 raise DataError(f"{where}: turn {j} needs {role_key!r} in {sorted(_ROLES)} and a string {text_key!r}")
             role = _ROLES[turn[role_key]]
-            _check_text(turn[text_key], f"{where}: turn {j}")
+            _check_text(turn[text_key], f"{where}: turn {j}", control)
             if role == "assistant" and not turn[text_key].strip():
                 raise DataError(f"{where}: turn {j} is an empty assistant turn")
+            if role != "user" and "<image>" in turn[text_key]:
+                raise DataError(f"{where}: turn {j} ({role}) holds an <image> placeholder; images go in user turns")
             messages.append((role, turn[text_key]))
         if not any(role == "assistant" for role, _ in messages):
             raise DataError(f"{where}: no assistant turn to learn from")
-        images = [_image_ref(v, path.parent, where) for v in rec.get("images") or []]
+        images = _record_images(rec, path.parent, where)
         placeholders = sum(text.count("<image>") for _, text in messages)
         if placeholders != len(images):
             raise DataError(f"{where}: {placeholders} <image> placeholders but {len(images)} images")
@@ -310,21 +359,22 @@ def load_sft(path: str | Path) -> list[Conversation]:
     return out
 
 
-def load_prompts(path: str | Path) -> list[Example]:
+def load_prompts(path: str | Path, control: frozenset[str] = CONTROL_TOKENS) -> list[Example]:
     """Prompts from the published RL parquet schema (spec §7) or the evaluation JSONL format.
 
     Parquet: `prompt` (system/user messages), `images`, `reward_model.ground_truth`, optional
     `teacher_caption` / `teacher_cot`, `extra_info.{index,type}`.
     JSONL: {"id", "question", "images", "answer", optional "choices", "precision", "type"}.
-    An answer may be a list of accepted answers; it stays a list.
+    An answer may be a list of accepted answers; it stays a list. Images come from `images` or `image`;
+    a question with images and no "<image>" placeholder gets them in front of its text.
     """
     path = Path(path)
     if path.suffix == ".parquet":
-        return _load_parquet_prompts(path)
+        return _load_parquet_prompts(path, control)
     out = []
     for where, rec in _read_jsonl(path):
-        images = [_image_ref(v, path.parent, where) for v in rec.get("images") or []]
-        question = _check_placeholders(_field(rec, "question", where), len(images), where)
+        images = _record_images(rec, path.parent, where)
+        question = _check_placeholders(_field(rec, "question", where), len(images), where, control)
         if "answer" not in rec:
             raise DataError(f"{where}: missing field 'answer'")
         out.append(Example(str(rec.get("id", where)), question, images, where,
@@ -375,7 +425,7 @@ def read_parquet_rows(path: Path) -> list[dict]:
         raise DataError(f"{path}: not a readable parquet file: {e}") from None
 
 
-def _load_parquet_prompts(path: Path) -> list[Example]:
+def _load_parquet_prompts(path: Path, control: frozenset[str]) -> list[Example]:
     rows = read_parquet_rows(path)
     out = []
     for i, rec in enumerate(rows):
@@ -386,8 +436,9 @@ def _load_parquet_prompts(path: Path) -> list[Example]:
         user = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
         if len(user) != 1 or not isinstance(user[0], str):
             raise DataError(f"{where}: 'prompt' must hold exactly one user message with string content")
-        images = [_image_ref(v, path.parent, where) for v in rec.get("images") or []]
-        question = _check_placeholders(user[0], len(images), where)
+        images = _record_images(rec, path.parent, where)
+        question = _check_placeholders(user[0], len(images), where, control)
+        _check_text(system, f"{where}: system prompt", control)
         reward_model = rec.get("reward_model") or {}
         truth, equivalent = (reward_model.get("ground_truth"), reward_model.get("equivalent_answers")) \
             if isinstance(reward_model, dict) else (None, None)
@@ -395,7 +446,7 @@ def _load_parquet_prompts(path: Path) -> list[Example]:
         for key in ("teacher_caption", "teacher_cot"):
             if rec.get(key) is not None and not isinstance(rec[key], str):
                 raise DataError(f"{where}: field {key!r} must be str, got {type(rec[key]).__name__}")
-            _check_text(rec.get(key) or "", f"{where}: {key}")
+            _check_text(rec.get(key) or "", f"{where}: {key}", control)
         out.append(Example(str(extra.get("index", i)), question, images, where,
                            answer=None if truth is None else read_answer(truth, equivalent, f"{where}: ground_truth"),
                            qtype=extra.get("type"),
@@ -404,7 +455,7 @@ def _load_parquet_prompts(path: Path) -> list[Example]:
     return out
 
 
-def load_pairs(path: str | Path) -> tuple[list[WarmupPair], int]:
+def load_pairs(path: str | Path, control: frozenset[str] = CONTROL_TOKENS) -> tuple[list[WarmupPair], int]:
     """Warm-up pairs (spec §3.5). Lines missing a caption or cot side are skipped and counted."""
     path = Path(path)
     pairs, skipped = [], 0
@@ -417,116 +468,15 @@ def load_pairs(path: str | Path) -> tuple[list[WarmupPair], int]:
             skipped += 1
             continue
         for text in texts:
-            _check_text(text, where)
-        images = [_image_ref(rec["image"], path.parent, where)] if rec.get("image") else []
-        pairs.append(WarmupPair(_check_placeholders(question, len(images), where), images, *texts, where))
+            _check_text(text, where, control)
+        images = _record_images(rec, path.parent, where)
+        pairs.append(WarmupPair(_check_placeholders(question, len(images), where, control), images, *texts, where))
     return pairs, skipped
 
 
-
-
 # ----------------------------------------------------------------------------------------------
-# Batching: chat template, images, label masks, scored sequences
+# Prompt building: the chat template, and what it renders
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class VLBatch:
-    """Token rows plus the images they show, each distinct image stored (and encoded) once.
-
-    input_ids, attention_mask, mm_token_type_ids: (B, L). pixel_values: (patches, C·T·P·P), the
-    patches of U distinct images one after another; image_grid_thw: (U, 3). images_per_row: (B,);
-    image_index: (Σ images_per_row,), for each row in order, which distinct image it shows where.
-    The n rollouts of a prompt therefore share one copy of its images, and the training forward
-    runs the vision encoder once per prompt, not once per rollout.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    mm_token_type_ids: torch.Tensor
-    pixel_values: torch.Tensor | None
-    image_grid_thw: torch.Tensor | None
-    images_per_row: torch.Tensor
-    image_index: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    def text_inputs(self) -> dict:
-        return dict(input_ids=self.input_ids, attention_mask=self.attention_mask,
-                    mm_token_type_ids=self.mm_token_type_ids)
-
-    def model_inputs(self) -> dict:
-        """Keyword arguments of a plain HF forward or generate: every image occurrence spelled out."""
-        inputs = self.text_inputs()
-        if self.pixel_values is not None:
-            patches = self.image_grid_thw.prod(-1)
-            first = torch.cumsum(patches, 0) - patches
-            pixel_values = torch.cat([self.pixel_values[first[i]:first[i] + patches[i]]
-                                      for i in self.image_index.tolist()])
-            inputs |= dict(pixel_values=pixel_values, image_grid_thw=self.image_grid_thw[self.image_index])
-        return inputs
-
-    def to(self, device) -> "VLBatch":
-        move = (lambda t: None if t is None else t.to(device))
-        return VLBatch(*(move(getattr(self, f)) for f in self.__dataclass_fields__))
-
-    def select(self, rows) -> "VLBatch":
-        """Rows `rows` (any order, repeats allowed), keeping only the distinct images they show.
-
-        Images move as whole patch blocks: repeating pixel rows one by one would keep the counts
-        right but pair patches with the wrong images.
-        """
-        rows = torch.as_tensor(rows, dtype=torch.long)
-        r = rows.to(self.input_ids.device)
-        pixel_values = image_grid_thw = None
-        image_index = self.image_index[:0]
-        if self.image_grid_thw is not None:
-            first_of_row = torch.cumsum(self.images_per_row, 0) - self.images_per_row
-            shown = torch.cat([self.image_index[first_of_row[i]:first_of_row[i] + self.images_per_row[i]]
-                               for i in rows.tolist()]) if len(rows) else self.image_index[:0]
-            used, image_index = torch.unique(shown, return_inverse=True)
-            patches = self.image_grid_thw.prod(-1)
-            first = torch.cumsum(patches, 0) - patches
-            pixel_values = torch.cat([self.pixel_values[first[i]:first[i] + patches[i]] for i in used.tolist()]) \
-                if len(used) else self.pixel_values[:0]
-            image_grid_thw = self.image_grid_thw[used]
-        return VLBatch(self.input_ids[r], self.attention_mask[r], self.mm_token_type_ids[r], pixel_values,
-                       image_grid_thw, self.images_per_row[rows], image_index)
-
-    def repeat_interleave(self, n: int) -> "VLBatch":
-        return self.select(torch.arange(len(self)).repeat_interleave(n))
-
-    def columns(self, keep: torch.Tensor) -> "VLBatch":
-        """Only the token columns where `keep` (L,) is true; the images are untouched."""
-        return dataclasses.replace(self, input_ids=self.input_ids[:, keep], attention_mask=self.attention_mask[:, keep],
-                                   mm_token_type_ids=self.mm_token_type_ids[:, keep])
-
-    def padded(self, left: int, right: int, pad_id: int) -> "VLBatch":
-        """Widen with `left` padding columns in front and `right` at the end."""
-        def pad(t, value):
-            return F.pad(t, (left, right), value=value)
-        return dataclasses.replace(self, input_ids=pad(self.input_ids, pad_id),
-                                   attention_mask=pad(self.attention_mask, 0),
-                                   mm_token_type_ids=pad(self.mm_token_type_ids, 0))
-
-    @staticmethod
-    def concat(batches: list["VLBatch"]) -> "VLBatch":
-        """Rows of equal-width batches, one after another; each batch's images keep their own entries."""
-        def cat(field):
-            parts = [getattr(b, field) for b in batches if getattr(b, field) is not None]
-            return torch.cat(parts) if parts else None
-        offsets = torch.tensor([0] + [len(b.image_grid_thw) if b.image_grid_thw is not None else 0
-                                      for b in batches]).cumsum(0)
-        image_index = torch.cat([b.image_index + offsets[k] for k, b in enumerate(batches)])
-        return VLBatch(*(cat(f) for f in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values",
-                                          "image_grid_thw", "images_per_row")), image_index)
-
-    def extend(self, tokens: torch.Tensor, mask: torch.Tensor) -> "VLBatch":
-        """Append text columns (B, T) with their attention mask (B, T)."""
-        return dataclasses.replace(self, input_ids=torch.cat([self.input_ids, tokens], 1),
-                                   attention_mask=torch.cat([self.attention_mask, mask], 1),
-                                   mm_token_type_ids=torch.cat([self.mm_token_type_ids, torch.zeros_like(tokens)], 1))
 
 
 def chat_messages(system: str, turns: list[tuple[str, str]]) -> list[dict]:
@@ -541,15 +491,6 @@ def chat_messages(system: str, turns: list[tuple[str, str]]) -> list[dict]:
                 parts.append({"type": "text", "text": piece})
         messages.append({"role": role, "content": parts})
     return messages
-
-
-def _encode(processor, texts: list[str], images: list[list[ImageRef]], wheres: list[str]) -> VLBatch:
-    """Processor call over rendered texts, left-padded."""
-    flat = [load_image(ref, where) for refs, where in zip(images, wheres) for ref in refs]
-    enc = processor(text=texts, images=flat or None, padding=True, padding_side="left", return_tensors="pt")
-    return VLBatch(enc["input_ids"], enc["attention_mask"], enc["mm_token_type_ids"], enc.get("pixel_values"),
-                   enc.get("image_grid_thw"), torch.tensor([len(refs) for refs in images], dtype=torch.long),
-                   torch.arange(len(flat)))
 
 
 def _image_tokens(processor, ref: ImageRef, where: str) -> int:
@@ -578,116 +519,45 @@ def drop_long_prompts(processor, examples: list[Example], max_len: int) -> tuple
     Never truncated: a cut through image tokens would leave features without placeholders.
     """
     kept = [e for e in examples
-            if _rendered_length(processor, _prompt_text(processor, e), e.images, e.where) <= max_len]
+            if _rendered_length(processor, prompt_text(processor, e), e.images, e.where) <= max_len]
     return kept, len(examples) - len(kept)
 
 
 def drop_long_conversations(processor, conversations: list[Conversation], max_len: int):
-    """As drop_long_prompts, for SFT conversations: returns (kept, number dropped)."""
-    kept = [c for c in conversations
-            if _rendered_length(processor, _conversation_text(processor, c), c.images, c.where) <= max_len]
+    """As drop_long_prompts, for SFT conversations: returns (kept, number dropped). Each conversation is first
+    checked as the chat template renders it (check_rendered_images)."""
+    texts = [conversation_text(processor, c) for c in conversations]
+    for c, text in zip(conversations, texts):
+        check_rendered_images(text, len(c.images), c.where)
+    kept = [c for c, text in zip(conversations, texts)
+            if _rendered_length(processor, text, c.images, c.where) <= max_len]
     return kept, len(conversations) - len(kept)
 
 
-def _prompt_text(processor, e: Example) -> str:
+_TURN_START = "<|im_start|>"
+_IMAGE_SPAN = "<|vision_start|>"
+
+
+def check_rendered_images(text: str, n_images: int, where: str) -> None:
+    """A rendered conversation must hold exactly one image span per image, each inside a user turn: a
+    template that drops an image fails the processor hours into a run, and one that renders it in the
+    assistant's turn makes its vision tokens SFT targets."""
+    spans = [k for k in range(len(text)) if text.startswith(_IMAGE_SPAN, k)]
+    if len(spans) != n_images:
+        raise DataError(f"{where}: the chat template renders {len(spans)} image(s) for {n_images} image(s)")
+    for k in spans:
+        turn = text.rfind(_TURN_START, 0, k)
+        if turn >= 0 and not text.startswith(_TURN_START + "user", turn):
+            role = text[turn + len(_TURN_START):].split("\n", 1)[0]
+            raise DataError(f"{where}: the chat template renders an image in a {role} turn; images go in user turns")
+
+
+def prompt_text(processor, e: Example) -> str:
     return processor.apply_chat_template(chat_messages(e.system, [("user", e.question)]), tokenize=False,
                                          add_generation_prompt=True)
 
 
-def _conversation_text(processor, c: Conversation) -> str:
+def conversation_text(processor, c: Conversation) -> str:
     system = next((text for role, text in c.messages if role == "system"), "")
     turns = [(role, text) for role, text in c.messages if role != "system"]
     return processor.apply_chat_template(chat_messages(system, turns), tokenize=False)
-
-
-def encode_prompts(processor, examples: list[Example]) -> VLBatch:
-    """Prompts ready to generate from: system, user turn with images, then the assistant header."""
-    texts = [_prompt_text(processor, e) for e in examples]
-    return _encode(processor, texts, [e.images for e in examples], [e.where for e in examples])
-
-
-def encode_conversations(processor, conversations: list[Conversation]) -> tuple[VLBatch, torch.Tensor]:
-    """SFT batch and its target mask (B, L): 1 exactly on assistant content tokens and their <|im_end|>.
-
-    Assistant spans are found on the token ids: after each "<|im_start|>assistant\\n" header,
-    up to and including the next <|im_end|>. System, user and image tokens are never targets.
-    """
-    tok = processor.tokenizer
-    texts = [_conversation_text(processor, c) for c in conversations]
-    batch = _encode(processor, texts, [c.images for c in conversations], [c.where for c in conversations])
-    header = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
-    im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    target = torch.zeros_like(batch.input_ids)
-    for row, ids in enumerate(batch.input_ids.tolist()):
-        t = 0
-        while t < len(ids):
-            if ids[t:t + len(header)] == header:
-                start = t + len(header)
-                end = ids.index(im_end, start) if im_end in ids[start:] else len(ids) - 1
-                target[row, start:end + 1] = 1
-                t = end + 1
-            else:
-                t += 1
-    return batch, target
-
-
-def encode_scored(prompts: VLBatch, prompt_len: int, segments: list[list[int]], pad_id: int) -> VLBatch:
-    """Discriminator inputs: each row's real prompt tokens ⊕ its segment, left-padded (spec §3.4, §0.1).
-
-    prompts: a batch whose first `prompt_len` columns are left-padded prompts (a prompt batch or
-    rollouts); segments: one token list per row. The score is read at the last token, which is the
-    segment's last token for teacher and student alike; positions are the model's own M-RoPE.
-    """
-    device = prompts.input_ids.device  # built where the prompts are: no round trip through the CPU
-    rows = []
-    for i, seg in enumerate(segments):
-        keep = prompts.attention_mask[i, :prompt_len].bool()
-        ids = torch.cat([prompts.input_ids[i, :prompt_len][keep], torch.tensor(seg, dtype=torch.long, device=device)])
-        mm = torch.cat([prompts.mm_token_type_ids[i, :prompt_len][keep].long(),
-                        torch.zeros(len(seg), dtype=torch.long, device=device)])
-        rows.append((ids, mm))
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
-    attention = torch.zeros_like(input_ids)
-    mm_types = torch.zeros_like(input_ids)
-    for i, (ids, mm) in enumerate(rows):
-        input_ids[i, width - len(ids):] = ids
-        attention[i, width - len(ids):] = 1
-        mm_types[i, width - len(ids):] = mm
-    return VLBatch(input_ids, attention, mm_types, prompts.pixel_values, prompts.image_grid_thw,
-                   prompts.images_per_row, prompts.image_index)
-
-
-def token_budget_batches(lengths: list[int], budget: int) -> list[list[int]]:
-    """Group rows into micro-batches whose padded size (rows × longest row) stays within `budget` tokens.
-
-    Rows are taken longest first, so rows of similar length share a micro-batch and little of
-    each forward is padding; a row longer than the budget gets a micro-batch of its own.
-    """
-    batches, current, longest = [], [], 0
-    for row in sorted(range(len(lengths)), key=lambda r: -lengths[r]):
-        if current and (len(current) + 1) * max(longest, lengths[row]) > budget:
-            batches.append(current)
-            current, longest = [], 0
-        current.append(row)
-        longest = max(longest, lengths[row])
-    return batches + ([current] if current else [])
-
-
-def stream_indices(n_items: int, seed: int, start: int, count: int) -> list[int]:
-    """Items start … start+count−1 of an endless stream of shuffled epochs over n_items.
-
-    Epoch e is a permutation drawn from (seed, e) alone, so any position of the stream is
-    reproducible from its index: resuming needs only the step number, and every rank can take
-    its own slice of the same global batch without communicating.
-    """
-    out = []
-    for k in range(start, start + count):
-        epoch, pos = divmod(k, n_items)
-        out.append(int(_epoch_permutation(n_items, seed, epoch)[pos]))
-    return out
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_permutation(n_items: int, seed: int, epoch: int):
-    return torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))

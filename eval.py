@@ -52,12 +52,13 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import batching
 import data
 import grading
 import model
 import run
 from data import DataError, Example
-from run import arg
+from run import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, PROBABILITY, arg
 
 
 @dataclass
@@ -69,13 +70,14 @@ class Args:
                                       "endings)")
     data_names: list[str] = arg([], "one name per --data (default: the shortest distinct path endings)")
     out: str = arg("results.json", "JSON file for the summaries and every item's record")
-    max_new_tokens: int = arg(8192, "response length limit (the paper's MMMU setting); longer ones count as truncated")
-    batch_size: int = arg(16, "prompts per generate call on each rank")
+    max_new_tokens: int = arg(8192, "response length limit (the paper's MMMU setting); longer ones count as truncated",
+                              check=AT_LEAST_ONE)
+    batch_size: int = arg(16, "prompts per generate call on each rank", check=AT_LEAST_ONE)
     sample: bool = arg(False, "sample (--temperature, --top-p) instead of greedy decoding")
-    temperature: float = arg(1.0, "sampling temperature (with --sample)")
-    top_p: float = arg(0.7, "nucleus sampling threshold (with --sample)")
+    temperature: float = arg(1.0, "sampling temperature (with --sample)", check=POSITIVE)
+    top_p: float = arg(0.7, "nucleus sampling threshold (with --sample)", check=PROBABILITY)
     seed: int = arg(0, "seed of --sample; each batch draws from (seed, batch index)")
-    limit: int = arg(0, "evaluate only the first N items of each benchmark (0 = all)")
+    limit: int = arg(0, "evaluate only the first N items of each benchmark (0 = all)", check=NON_NEGATIVE)
     bf16: bool = arg(True, "bf16 weights on GPU (ignored on CPU)")
     compile_decode: bool = arg(False, "static KV cache and a torch.compile'd decode step in generate (CUDA graphs "
                                       "on GPU); compiles once per 64-token prompt-length bucket")
@@ -322,7 +324,7 @@ def evaluate_shard(policy: model.Policy, processor, examples: list[Example], arg
     records = []
     for items in tqdm(my_batches(len(examples), args.batch_size, d), disable=not d.is_main, desc=desc):
         batch = [examples[i] for i in items]
-        prompts = data.encode_prompts(processor, batch).to(d.device)
+        prompts = batching.encode_prompts(processor, batch).to(d.device)
         # Seeded by the batch, not the rank, so that sampled results too are the same under any number of ranks.
         run.seed_everything(args.seed * 100_003 + items.start // args.batch_size)
         rollouts = model.generate_rollouts(policy, prompts, tokenizer, n=1, max_new_tokens=args.max_new_tokens,

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data import VISION_TOKENS, VLBatch, encode_scored
+from batching import VLBatch, encode_scored
+from data import VISION_TOKENS, DataError
 from run import Dist, all_reduce, barrier
 
 # ----------------------------------------------------------------------------------------------
@@ -35,29 +36,51 @@ def load_processor(path: str | Path):
     return AutoProcessor.from_pretrained(str(path), trust_remote_code=False)
 
 
-def load_hf_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+def stored_weight_names(path: Path) -> set[str]:
+    """The tensor names of a directory's safetensors files, read from their headers alone."""
+    from safetensors import safe_open
+
+    names = set()
+    for file in path.glob("*.safetensors"):
+        with safe_open(str(file), framework="pt") as f:
+            names |= set(f.keys())
+    return names
+
+
+def load_hf_model(path: str | Path, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu"):
     """Any Qwen3-VL / Qwen3-VL-MoE checkpoint (2B … 32B dense, 30B-A3B MoE) from a local directory.
 
-    Weights come only from safetensors and no code from the checkpoint is ever run.
+    Weights come only from safetensors and no code from the checkpoint is ever run; dtype "auto" keeps
+    the stored one. Every parameter must come from the checkpoint and every stored tensor must be used:
+    a missing or unexpected weight is a DataError naming it, never a freshly initialised layer trained
+    on. Tied embeddings are recognised wherever the config states them (top level or text_config) when
+    the checkpoint stores no lm_head.
     """
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModelForImageTextToText
     from transformers.utils import logging
 
     logging.disable_progress_bar()
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: not an HF model directory (no config.json)")
+        raise DataError(f"{path}: not an HF model directory (no config.json)")
     if not any(path.glob("*.safetensors")):
-        raise FileNotFoundError(f"{path}: no *.safetensors weights (other weight formats are refused)")
-    model = AutoModelForImageTextToText.from_pretrained(
-        str(path), dtype=dtype, use_safetensors=True, trust_remote_code=False)
+        raise DataError(f"{path}: no *.safetensors weights (other weight formats are refused)")
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    text = config.get_text_config()
+    tied = "lm_head.weight" not in stored_weight_names(path) and \
+        bool(getattr(config, "tie_word_embeddings", False) or getattr(text, "tie_word_embeddings", False))
+    if tied:
+        config.tie_word_embeddings = True
+    model, info = AutoModelForImageTextToText.from_pretrained(
+        str(path), config=config, dtype=dtype, use_safetensors=True, trust_remote_code=False,
+        output_loading_info=True)
+    missing = set(info["missing_keys"]) - ({"lm_head.weight"} if tied else set())
+    for problem, keys in (("missing from the checkpoint", missing), ("in the checkpoint but not in the model",
+                          info["unexpected_keys"]), ("of the wrong shape", info["mismatched_keys"])):
+        if keys:
+            keys = sorted(str(k) for k in keys)
+            raise DataError(f"{path}: weights {problem}: {', '.join(keys[:5])}{' …' if len(keys) > 5 else ''}")
     return model.to(device)
-
-
-def set_generation_tokens(hf_model, tokenizer) -> None:
-    """Every response ends at <|im_end|>; without this, generate runs on past the end of the turn."""
-    hf_model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    hf_model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
 def gather_full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -78,15 +101,24 @@ def _hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k.removeprefix("hf."): v for k, v in state.items() if k.startswith("hf.")}
 
 
-def save_hf_dir(hf_config, state: dict[str, torch.Tensor], processor, out: Path) -> None:
-    """Write an HF directory from a full state dict: what plain transformers and the next stage load."""
+def save_hf_dir(hf_model, state: dict[str, torch.Tensor], processor, out: Path) -> None:
+    """Write an HF directory from a full state dict: what plain transformers and the next stage load.
+
+    The source model's serving files go with the weights unchanged: its generation config (the EOS ids
+    the released Qwen3-VL stops at, its sampling defaults) and the processor's chat template and settings.
+    """
+    import copy
+
     from transformers import AutoModelForImageTextToText
 
     with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(hf_config)
+        model = AutoModelForImageTextToText.from_config(hf_model.config)
     model.load_state_dict(state, strict=True, assign=True)
     model.tie_weights()
-    set_generation_tokens(model, processor.tokenizer)
+    model.generation_config = copy.deepcopy(hf_model.generation_config)
+    for sub_config in (model.config.text_config, model.config.vision_config):
+        if hasattr(sub_config, "dtype"):  # set in memory on loading; the top level's dtype describes the weights
+            delattr(sub_config, "dtype")
     model.save_pretrained(out)
     processor.save_pretrained(out)
 
@@ -229,7 +261,7 @@ class Policy(nn.Module):
         """Collective: every rank calls it; rank 0 writes the HF directory."""
         state = _hf_state(gather_full_state_dict(self))
         if d.is_main:
-            save_hf_dir(self.hf.config, state, processor, out)
+            save_hf_dir(self.hf, state, processor, out)
         barrier()
 
 
@@ -290,10 +322,10 @@ class Discriminator(nn.Module):
         path = Path(path)
         hf = load_hf_model(path, dtype, device)
         if hf.config.model_type != "qwen3_vl_moe":
-            raise ValueError(f"{path}: a discriminator must be a Qwen3-VL-MoE, got {hf.config.model_type!r} "
-                             "(make one with upcycle_moe.py)")
+            raise DataError(f"{path}: a discriminator must be a Qwen3-VL-MoE, got {hf.config.model_type!r} "
+                            "(make one with upcycle_moe.py)")
         if not (path / SCORE_HEAD_FILE).is_file():
-            raise FileNotFoundError(f"{path}: no {SCORE_HEAD_FILE} (make one with upcycle_moe.py)")
+            raise DataError(f"{path}: no {SCORE_HEAD_FILE} (make one with upcycle_moe.py)")
         disc = cls(hf)
         disc.head.load_state_dict(load_file(str(path / SCORE_HEAD_FILE)))
         return disc.to(device=device, dtype=dtype)
@@ -312,7 +344,7 @@ class Discriminator(nn.Module):
 
         state = gather_full_state_dict(self)
         if d.is_main:
-            save_hf_dir(self.hf.config, _hf_state(state), processor, out)
+            save_hf_dir(self.hf, _hf_state(state), processor, out)
             save_file({"weight": state["head.weight"].contiguous()}, str(out / SCORE_HEAD_FILE))
         barrier()
 
@@ -494,9 +526,9 @@ class Rollouts:
                         torch.cat(groups), P)
 
 
-def response_mask_through_eos(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def response_mask_through_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, R) → (mask (B, R): 1 up to and including the first EOS, truncated (B,): no EOS at all)."""
-    is_eos = response_ids == eos_id
+    is_eos = torch.isin(response_ids, torch.as_tensor(eos_ids, device=response_ids.device))
     before_or_at_eos = (is_eos.long().cumsum(-1) - is_eos.long()) == 0
     return before_or_at_eos.long(), ~is_eos.any(-1)
 
@@ -573,6 +605,14 @@ def decode_compile_config(device: torch.device):
     return config
 
 
+def end_of_response_ids(hf_model, tokenizer) -> list[int]:
+    """<|im_end|>, and every EOS id the model's generation config lists (the released Qwen3-VL's also
+    stop at <|endoftext|>)."""
+    listed = hf_model.generation_config.eos_token_id
+    listed = [] if listed is None else [listed] if isinstance(listed, int) else list(listed)
+    return list(dict.fromkeys([tokenizer.convert_tokens_to_ids("<|im_end|>"), *listed]))
+
+
 @torch.no_grad()
 def generate_rollouts(policy: Policy, prompts: VLBatch, tokenizer, n: int, max_new_tokens: int,
                       temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, bf16: bool = False,
@@ -591,7 +631,7 @@ def generate_rollouts(policy: Policy, prompts: VLBatch, tokenizer, n: int, max_n
     first call of each shape compiles (tens of seconds); padding changes no sampled token.
     """
     hf = policy.hf
-    eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    eos_ids = end_of_response_ids(hf, tokenizer)
     suppress = [tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS]
     sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=0,
                                                          top_p=top_p)
@@ -603,12 +643,12 @@ def generate_rollouts(policy: Policy, prompts: VLBatch, tokenizer, n: int, max_n
     policy.eval()
     with decoding_weights(policy, bf16):
         out = hf.generate(**prompts.model_inputs(), max_new_tokens=max_new_tokens, num_return_sequences=n,
-                          eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id, suppress_tokens=suppress,
+                          eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id, suppress_tokens=suppress,
                           use_cache=True, **sampling, **cache)
     policy.train(was_training)
     prompt_len = prompts.input_ids.shape[1]
     response_ids = out[:, prompt_len:]
-    response_mask, truncated = response_mask_through_eos(response_ids, eos_id)
+    response_mask, truncated = response_mask_through_eos(response_ids, eos_ids)
     response_ids = response_ids.masked_fill(response_mask == 0, tokenizer.pad_token_id)
     expanded = prompts.repeat_interleave(n)
     batch = expanded.extend(response_ids, response_mask)
@@ -658,5 +698,3 @@ def autocast(d: Dist, bf16: bool):
     if bf16 and d.device.type == "cuda" and not d.distributed:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-import data
+import batching
 import model
 import run
 
@@ -28,12 +28,17 @@ def group_advantages(rewards: torch.Tensor, group: torch.Tensor, std_normalize: 
                      eps: float = 1e-6) -> torch.Tensor:
     """GRPO: A_i = (R_i − mean_g R) / (std_g R + ε), std unbiased; Dr. GRPO drops the division.
 
-    rewards, group: (B,). A group of one has mean 0 and std 1 (A = R), as in verl.
+    rewards, group: (B,). A group of one has mean 0 and std 1 (A = R), as in verl. A group whose
+    rewards are all equal carries no signal and gets exactly 0 (spec §0.1): in float32 the release's
+    formula turns rounding noise into advantages (sixteen rewards of 0.2 give −0.0147 each).
     """
     adv = torch.empty_like(rewards)
     for g in group.unique():
         members = group == g
         r = rewards[members]
+        if r.numel() > 1 and bool((r == r[0]).all()):
+            adv[members] = 0.0
+            continue
         mean, std = (r.mean(), r.std()) if r.numel() > 1 else (torch.zeros(()), torch.ones(()))
         adv[members] = (r - mean) / (std + eps) if std_normalize else r - mean
     return adv
@@ -113,7 +118,12 @@ def aggregate_loss(token_loss: torch.Tensor, mask: torch.Tensor, mode: str, tota
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
     """Per-token estimates of KL(π_θ ‖ π_ref) from samples of π_θ (Schulman's k1, k2, k3).
 
-        k1 = log π_θ − log π_ref      k2 = ½ (log π_θ − log π_ref)²      k3 = exp(−δ) − 1 + δ,  δ = log π_θ − log π_ref
+        k1 = log π_θ − log π_ref      k2 = ½ (log π_θ − log π_ref)²
+        k3 = clip(exp(−δ) − 1 + δ, −10, 10),  δ = clip(log π_θ − log π_ref, −20, 20)
+
+    k3 is verl's low-variance KL with its clamps (spec §0.1): unclamped, a token the policy has
+    moved far from the reference (log π −5.0 against −0.1) gives 128 with gradient −133. Clamped
+    values carry no gradient. logp, ref_logp: (B, T); returns (B, T).
     """
     delta = logp - ref_logp
     if estimator == "k1":
@@ -121,7 +131,8 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> to
     if estimator == "k2":
         return 0.5 * delta**2
     if estimator == "k3":
-        return torch.exp(-delta) - 1.0 + delta
+        delta = delta.clamp(-20.0, 20.0)
+        return (torch.exp(-delta) - 1.0 + delta).clamp(-10.0, 10.0)
     raise ValueError(f"unknown KL estimator {estimator!r}")
 
 
@@ -165,7 +176,7 @@ def policy_update(policy, optimizer, scheduler, rollouts: model.Rollouts, advant
     mask = loss_mask.float()
     total_tokens = max(run.global_sum(mask.sum().item(), d), 1.0)
     total_seqs = max(run.global_sum((mask.sum(-1) > 0).sum().item(), d), 1.0)
-    chunks = data.token_budget_batches(rollouts.batch.attention_mask.sum(-1).tolist(), micro_batch_tokens)
+    chunks = batching.token_budget_batches(rollouts.batch.attention_mask.sum(-1).tolist(), micro_batch_tokens)
     sums = dict(loss=0.0, clip_low=0.0, clip_high=0.0, kl_old=0.0, entropy=0.0, kl_ref=0.0)
     for k in range(run.global_max(len(chunks), d)):
         idx = chunks[k] if k < len(chunks) else chunks[0]

@@ -38,12 +38,13 @@ from typing import Literal
 
 import torch
 
+import batching
 import data
 import grading
 import model
 import run
 from policy_gradient import LossConfig, group_advantages, policy_update
-from run import arg
+from run import AT_LEAST_ONE, BELOW_ONE, NON_NEGATIVE, POSITIVE, PROBABILITY, arg
 
 # The published settings (§5.3 GRPO, §5.4 DAPO, §5.5 GSPO): the defaults of the flags left unset.
 PRESETS = {
@@ -70,56 +71,84 @@ class Args:
     out: str = arg(None, "output directory", required=True)
     algo: Literal["grpo", "dapo", "gspo"] = arg("grpo", "published preset for the flags left unset")
     seed: int = arg(0, "seed for prompt order and sampling")
-    steps: int = arg(1500, "optimizer steps (one per batch)")
+    steps: int = arg(1500, "optimizer steps (one per batch)", check=AT_LEAST_ONE)
     resume: bool = arg(False, "continue from the newest complete checkpoint in --out")
     # rollouts (§5.2)
-    prompts_per_step: int = arg(32, "prompts (groups) per optimizer step, over all ranks")
-    rollouts_per_prompt: int = arg(16, "responses sampled per prompt (the group size n)")
-    max_new_tokens: int = arg(8192, "maximum response length; longer responses are cut and flagged")
-    max_prompt_len: int = arg(2048, "prompts longer than this (images included) are dropped and counted")
-    temperature: float = arg(1.0, "sampling temperature (log-probs are taken at the same temperature)")
-    top_p: float = arg(1.0, "nucleus sampling; 1.0 samples from the full softmax")
+    prompts_per_step: int = arg(32, "prompts (groups) per optimizer step, over all ranks", check=AT_LEAST_ONE)
+    rollouts_per_prompt: int = arg(16, "responses sampled per prompt (the group size n)", check=AT_LEAST_ONE)
+    max_new_tokens: int = arg(8192, "maximum response length; longer responses are cut and flagged", check=AT_LEAST_ONE)
+    max_prompt_len: int = arg(2048, "prompts longer than this (images included) are dropped and counted",
+                              check=AT_LEAST_ONE)
+    temperature: float = arg(1.0, "sampling temperature (log-probs are taken at the same temperature)", check=POSITIVE)
+    top_p: float = arg(1.0, "nucleus sampling; 1.0 samples from the full softmax", check=PROBABILITY)
     # reward shaping and sampling
     overlong_buffer: int | None = arg(None, "DAPO overlong shaping: penalise the last this-many tokens before the "
-                                            f"limit; 0 = off ({per_algo('overlong_buffer')})")
-    overlong_penalty: float = arg(1.0, "DAPO overlong shaping: penalty at the limit")
+                                            f"limit; 0 = off ({per_algo('overlong_buffer')}, a preset's scaled with "
+                                            "--max-new-tokens)", check=NON_NEGATIVE)
+    overlong_penalty: float = arg(1.0, "DAPO overlong shaping: penalty at the limit", check=NON_NEGATIVE)
     dynamic_sampling: bool | None = arg(None, "DAPO: drop groups whose accuracy does not vary and sample more "
                                               f"prompts; `--dynamic-sampling false` turns it off "
                                               f"({per_algo('dynamic_sampling')})", nargs="?", const=True)
-    prompts_per_round: int = arg(0, "dynamic sampling: prompts drawn per round; 0 = 3 × prompts-per-step")
-    max_sampling_rounds: int = arg(10, "dynamic sampling: rounds before giving up with an error")
+    prompts_per_round: int = arg(0, "dynamic sampling: prompts drawn per round; 0 = 3 × prompts-per-step",
+                                 check=NON_NEGATIVE)
+    max_sampling_rounds: int = arg(10, "dynamic sampling: rounds before giving up with an error", check=AT_LEAST_ONE)
     # advantage and policy loss
     std_normalize: bool = arg(True, "divide advantages by the group std (off = Dr. GRPO)")
     policy_loss: Literal["ppo", "gspo"] | None = arg(None, "ppo (token ratios) or gspo (sequence ratio) "
                                                            f"({per_algo('policy_loss')})")
-    clip_low: float | None = arg(None, f"ε_low of the clipped surrogate ({per_algo('clip_low')})")
-    clip_high: float | None = arg(None, f"ε_high, > ε_low for DAPO's clip-higher ({per_algo('clip_high')})")
-    dual_clip: float | None = arg(None, f"dual-clip constant c for A < 0; 0 = off ({per_algo('dual_clip')})")
+    clip_low: float | None = arg(None, f"ε_low of the clipped surrogate ({per_algo('clip_low')})", check=BELOW_ONE)
+    clip_high: float | None = arg(None, f"ε_high, > ε_low for DAPO's clip-higher ({per_algo('clip_high')})",
+                                  check=NON_NEGATIVE)
+    dual_clip: float | None = arg(None, f"dual-clip constant c for A < 0; 0 = off ({per_algo('dual_clip')})",
+                                  check=NON_NEGATIVE)
     loss_agg: Aggregation | None = arg(None, f"loss aggregation over the step ({per_algo('loss_agg')})")
-    kl_coef: float = arg(0.0, "KL penalty to the initial policy; 0 loads no reference model (all presets: 0)")
+    kl_coef: float = arg(0.0, "KL penalty to the initial policy; 0 loads no reference model (all presets: 0)",
+                         check=NON_NEGATIVE)
     kl_estimator: Literal["k1", "k2", "k3"] = arg("k3", "KL estimator")
     mask_truncated: bool = arg(False, "leave responses cut by the length limit out of the loss")
     # optimisation
-    lr: float = arg(1e-6, "policy learning rate (AdamW, constant after warm-up)")
-    weight_decay: float | None = arg(None, f"AdamW weight decay ({per_algo('weight_decay')})")
+    lr: float = arg(1e-6, "policy learning rate (AdamW, constant after warm-up)", check=POSITIVE)
+    weight_decay: float | None = arg(None, f"AdamW weight decay ({per_algo('weight_decay')})", check=NON_NEGATIVE)
     warmup_steps: float | None = arg(None, "linear warm-up steps; a negative value is a ratio of --steps "
                                            f"({per_algo('warmup_steps')})")
-    max_grad_norm: float = arg(1.0, "clip the global gradient norm to this")
+    max_grad_norm: float = arg(1.0, "clip the global gradient norm to this", check=POSITIVE)
     micro_batch_tokens: int = arg(10240, "token budget of one policy forward/backward (prompt + response, padding "
-                                         "included); rows of similar length are grouped")
+                                         "included); rows of similar length are grouped", check=AT_LEAST_ONE)
     gradient_checkpointing: bool = arg(False, "recompute decoder activations in backward to save memory")
     bf16: bool = arg(False, "bf16 compute on GPU")
     compile_decode: bool = arg(False, "static KV cache and a torch.compile'd decode step in generate (CUDA graphs "
                                       "on GPU); compiles once per 64-token prompt-length bucket")
-    max_skipped_steps: int = arg(10, "stop after this many optimizer steps in a row with a non-finite gradient")
-    save_every: int = arg(120, "write a resumable checkpoint every this many steps (and at the end)")
+    max_skipped_steps: int = arg(10, "stop after this many optimizer steps in a row with a non-finite gradient",
+                                 check=AT_LEAST_ONE)
+    save_every: int = arg(120, "write a resumable checkpoint every this many steps (and at the end)",
+                          check=AT_LEAST_ONE)
     device: str | None = arg(None, "cpu or cuda; default: cuda when available")
 
 
+PUBLISHED_MAX_NEW_TOKENS = 8192
+
+
 def with_preset(args):
-    """Fill every flag left unset (None) from the --algo preset."""
-    preset = PRESETS[args.algo]
+    """Fill every flag left unset (None) from the --algo preset. A preset's overlong buffer keeps the
+    release's share of the response budget (4096 of 8192 tokens), whatever --max-new-tokens is."""
+    preset = dict(PRESETS[args.algo])
+    preset["overlong_buffer"] = preset["overlong_buffer"] * args.max_new_tokens // PUBLISHED_MAX_NEW_TOKENS
     return dataclasses.replace(args, **{k: v for k, v in preset.items() if getattr(args, k) is None})
+
+
+def prompts_per_round(args) -> int:
+    """Prompts drawn per sampling round: DAPO draws 3 × the step's by default (§5.4), the others the step's."""
+    return (args.prompts_per_round or 3 * args.prompts_per_step) if args.dynamic_sampling else args.prompts_per_step
+
+
+def check_flags(args, world_size: int) -> None:
+    """Settings that cannot work together, refused before any model is loaded."""
+    if args.overlong_buffer >= args.max_new_tokens:
+        raise run.flag_error("overlong_buffer", args.overlong_buffer, f"must be shorter than --max-new-tokens "
+                             f"{args.max_new_tokens} (every response would be punished for its length)")
+    if prompts_per_round(args) % world_size or args.prompts_per_step % world_size:
+        raise run.flag_error("prompts_per_step", args.prompts_per_step, f"this and the prompts per round "
+                             f"({prompts_per_round(args)}) must divide by the number of ranks ({world_size})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,13 +168,14 @@ def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, factor: f
 
 
 def groups_with_varying_accuracy(accuracy: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-    """DAPO's dynamic-sampling filter: keep a group iff the population std of its accuracy is > 0.
+    """DAPO's dynamic-sampling filter: keep a group iff the population std of its accuracy is > 0, or
+    it has a single member (as the release does, spec §0.1).
 
     accuracy, group: (B,) with groups numbered 0 … G−1. Returns (G,) bool: all-right and
-    all-wrong groups carry no learning signal (every advantage is 0) and are dropped.
+    all-wrong groups of two or more carry no learning signal (every advantage is 0) and are dropped.
     """
-    n_groups = int(group.max()) + 1
-    return torch.stack([accuracy[group == g].std(unbiased=False) > 0 for g in range(n_groups)])
+    members = [accuracy[group == g] for g in range(int(group.max()) + 1)]
+    return torch.tensor([acc.numel() == 1 or bool(acc.std(unbiased=False) > 0) for acc in members])
 
 
 def decode_responses(rollouts: model.Rollouts, tokenizer) -> list[str]:
@@ -168,19 +198,18 @@ def rlvr_step(policy, optimizer, scheduler, processor, prompts: list[data.Exampl
     one policy-gradient step. `progress["prompts_consumed"]` is the position in the prompt stream;
     it advances by every round's prompts. Returns the step's metrics, phase timings included."""
     tokenizer = processor.tokenizer
-    per_round = (args.prompts_per_round or 3 * args.prompts_per_step) if args.dynamic_sampling \
-        else args.prompts_per_step
+    per_round = prompts_per_round(args)
     # 1. Rollouts and rewards, round after round until enough groups carry signal.
     rollout_s = reward_s = 0.0
     kept_parts, drawn_groups, rounds = [], 0, 0
     while True:
         rounds += 1
         t0 = time.time()
-        share = run.rank_share(data.stream_indices(len(prompts), args.seed, progress["prompts_consumed"], per_round),
-                               d)
+        drawn = batching.stream_indices(len(prompts), args.seed, progress["prompts_consumed"], per_round)
+        share = run.rank_share(drawn, d)
         progress["prompts_consumed"] += per_round
         examples = [prompts[i] for i in share]
-        rollouts = model.generate_rollouts(policy, data.encode_prompts(processor, examples).to(d.device), tokenizer,
+        rollouts = model.generate_rollouts(policy, batching.encode_prompts(processor, examples).to(d.device), tokenizer,
                                            args.rollouts_per_prompt, args.max_new_tokens, args.temperature,
                                            args.top_p, bf16=args.bf16, compile_decode=args.compile_decode)
         t1 = time.time()
@@ -272,9 +301,15 @@ def select_groups(parts, wanted: int, pad_id: int, d: run.Dist):
 def main(args: Args, reward_fn: RewardFn = grading.example_reward) -> None:
     args = with_preset(args)
     d = run.init_distributed(args.device)
+    check_flags(args, d.world_size)
     run.seed_everything(args.seed + d.rank)  # ranks sample different responses
     out = Path(args.out)
     processor = model.load_processor(args.policy)
+    # Every file is read and checked before any model is loaded: bad data fails here, naming the record.
+    prompts = [e for f in args.data for e in data.load_prompts(f, data.control_tokens(processor.tokenizer))]
+    if missing := [e.where for e in prompts if e.answer is None]:
+        raise data.DataError(f"{missing[0]}: an RL prompt needs a ground-truth answer ({len(missing)} lack one)")
+    prompts, dropped = data.drop_long_prompts(processor, prompts, args.max_prompt_len)
     policy = model.Policy.from_pretrained(args.policy, device=d.device)
     if args.gradient_checkpointing:
         policy.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -286,19 +321,6 @@ def main(args: Args, reward_fn: RewardFn = grading.example_reward) -> None:
     warmup = round(-args.warmup_steps * args.steps) if args.warmup_steps < 0 else int(args.warmup_steps)
     optimizer, scheduler = run.make_optimizer(policy, args.lr, args.weight_decay, args.steps, warmup, "constant")
     loss_cfg = LossConfig.from_args(args)
-
-    prompts = [e for f in args.data for e in data.load_prompts(f)]
-    if missing := [e.where for e in prompts if e.answer is None]:
-        raise data.DataError(f"{missing[0]}: an RL prompt needs a ground-truth answer ({len(missing)} lack one)")
-    prompts, dropped = data.drop_long_prompts(processor, prompts, args.max_prompt_len)
-    if args.overlong_buffer >= args.max_new_tokens:
-        raise SystemExit(f"--overlong-buffer {args.overlong_buffer} must be shorter than --max-new-tokens "
-                         f"{args.max_new_tokens}: every response would be punished for its length")
-    per_round = (args.prompts_per_round or 3 * args.prompts_per_step) if args.dynamic_sampling \
-        else args.prompts_per_step
-    if per_round % d.world_size or args.prompts_per_step % d.world_size:
-        raise SystemExit(f"prompts per step ({args.prompts_per_step}) and per round ({per_round}) must divide "
-                         f"by the number of ranks ({d.world_size})")
     training = run.TrainingRun(out, d, processor, {"policy": policy}, {"policy": optimizer}, {"policy": scheduler},
                                args, ("reward/mean", "reward/accuracy", "reward/format", "response/length_mean",
                                       "optim/grad_norm", "time/rollout_s", "time/update_s"),

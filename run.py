@@ -131,11 +131,35 @@ def set_rng_state(state: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def arg(default, help: str, **metadata):
+@dataclass(frozen=True)
+class Check:
+    """What a flag's value must be, as the error says it: `--top-p 1.5: must be in (0, 1]`."""
+
+    rule: str
+    holds: Callable[[object], bool]
+
+
+POSITIVE = Check("must be > 0", lambda v: v > 0)
+AT_LEAST_ONE = Check("must be at least 1", lambda v: v >= 1)
+NON_NEGATIVE = Check("must be ≥ 0", lambda v: v >= 0)
+PROBABILITY = Check("must be in (0, 1]", lambda v: 0 < v <= 1)
+FRACTION = Check("must be in [0, 1]", lambda v: 0 <= v <= 1)
+BELOW_ONE = Check("must be in [0, 1)", lambda v: 0 <= v < 1)
+
+
+class FlagError(DataError):
+    """A flag value that cannot work, found before any model is loaded."""
+
+
+def arg(default, help: str, check: Check | None = None, **metadata):
     """A documented field of a stage's Args dataclass: `help` is its --help text, `default` its value
-    when the flag is not given (required=True makes the flag mandatory)."""
+    when the flag is not given (required=True makes the flag mandatory), `check` what its value must be."""
     factory = dict(default_factory=lambda: list(default)) if isinstance(default, list) else dict(default=default)
-    return dataclasses.field(**factory, metadata=dict(help=help, **metadata))
+    return dataclasses.field(**factory, metadata=dict(help=help, check=check, **metadata))
+
+
+def flag_error(name: str, value, rule: str) -> FlagError:
+    return FlagError(f"--{name.replace('_', '-')} {value}: {rule}")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -157,16 +181,22 @@ def parse_args(cls, argv=None):
     """Args dataclass → command line, by transformers' HfArgumentParser: field `max_new_tokens` is the flag
     `--max-new-tokens`; bool fields are switches (`--resume`, `--no-std-normalize` where the default is on,
     or `--flag false`); list fields take several values; Literal fields restrict the choices. Abbreviated or
-    underscore spellings of a flag are refused, so that each knob has exactly one name."""
+    underscore spellings of a flag are refused, so that each knob has exactly one name. Each field's
+    `check` is applied: a value that cannot work is a FlagError, before any model is loaded."""
     from transformers import HfArgumentParser
 
     class Parser(HfArgumentParser):
-        def add_argument(self, *names, **kwargs):
+        def add_argument(self, *names, check=None, **kwargs):
             return super().add_argument(*([n for n in names if "_" not in n] or names), **kwargs)
 
     parser = Parser(cls, description=sys.modules[cls.__module__].__doc__, formatter_class=_HelpFormatter,
                     allow_abbrev=False)
-    return cls(**vars(parser.parse_args(argv)))
+    args = cls(**vars(parser.parse_args(argv)))
+    for field in dataclasses.fields(cls):
+        value, check = getattr(args, field.name), field.metadata.get("check")
+        if check and value is not None and not check.holds(value):
+            raise flag_error(field.name, value, check.rule)
+    return args
 
 
 def run_stage(main: Callable, args_cls) -> None:

@@ -30,10 +30,11 @@ from pathlib import Path
 
 import torch
 
+import batching
 import data
 import model
 import run
-from run import arg
+from run import AT_LEAST_ONE, BELOW_ONE, NON_NEGATIVE, POSITIVE, arg
 
 
 @dataclass
@@ -42,23 +43,26 @@ class Args:
     data: list[str] = arg([], "ShareGPT multimodal JSONL files, mixed (LLaMA-Factory format)", required=True)
     out: str = arg(None, "output directory", required=True)
     seed: int = arg(0, "seed for data order and initialisation")
-    epochs: float = arg(1.0, "passes over the mixed data (ignored when --steps is given)")
-    steps: int = arg(0, "optimizer steps to run; 0 = derive from --epochs")
+    epochs: float = arg(1.0, "passes over the mixed data (ignored when --steps is given)", check=POSITIVE)
+    steps: int = arg(0, "optimizer steps to run; 0 = derive from --epochs", check=NON_NEGATIVE)
     resume: bool = arg(False, "continue from the newest complete checkpoint in --out")
     # optimisation (spec §6: AdamW, lr 1e-5, cosine, warm-up ratio 0.1, one epoch, clip 1.0)
-    lr: float = arg(1e-5, "peak learning rate of the policy")
-    weight_decay: float = arg(0.0, "AdamW weight decay")
-    warmup_ratio: float = arg(0.1, "fraction of steps of linear warm-up before the cosine decay")
-    max_grad_norm: float = arg(1.0, "clip the global gradient norm to this")
-    micro_batch: int = arg(2, "conversations per forward/backward on each rank")
-    grad_accum: int = arg(1, "micro-batches per optimizer step on each rank")
-    max_length: int = arg(10240, "conversations longer than this many tokens are dropped and counted")
+    lr: float = arg(1e-5, "peak learning rate of the policy", check=POSITIVE)
+    weight_decay: float = arg(0.0, "AdamW weight decay", check=NON_NEGATIVE)
+    warmup_ratio: float = arg(0.1, "fraction of steps of linear warm-up before the cosine decay", check=BELOW_ONE)
+    max_grad_norm: float = arg(1.0, "clip the global gradient norm to this", check=POSITIVE)
+    micro_batch: int = arg(2, "conversations per forward/backward on each rank", check=AT_LEAST_ONE)
+    grad_accum: int = arg(1, "micro-batches per optimizer step on each rank", check=AT_LEAST_ONE)
+    max_length: int = arg(10240, "conversations longer than this many tokens are dropped and counted",
+                          check=AT_LEAST_ONE)
     freeze_vision: bool = arg(False, "freeze the vision tower (patch embedding, position embedding, blocks)")
     freeze_merger: bool = arg(False, "freeze the vision-language merger and the DeepStack mergers")
     gradient_checkpointing: bool = arg(False, "recompute decoder activations in backward to save memory")
     bf16: bool = arg(False, "bf16 compute on GPU (FSDP2 mixed precision when sharded, autocast otherwise)")
-    max_skipped_steps: int = arg(10, "stop after this many optimizer steps in a row with a non-finite gradient")
-    save_every: int = arg(500, "write a resumable checkpoint every this many steps (and at the end)")
+    max_skipped_steps: int = arg(10, "stop after this many optimizer steps in a row with a non-finite gradient",
+                                 check=AT_LEAST_ONE)
+    save_every: int = arg(500, "write a resumable checkpoint every this many steps (and at the end)",
+                          check=AT_LEAST_ONE)
     device: str | None = arg(None, "cpu or cuda; default: cuda when available")
 
 
@@ -72,7 +76,7 @@ def sft_loss(logprobs: torch.Tensor, target_mask: torch.Tensor, total_targets: f
     return -(logprobs * target_mask).sum() / total_targets
 
 
-def sft_step(policy, optimizer, scheduler, micro_batches: list[tuple[data.VLBatch, torch.Tensor]], args: Args,
+def sft_step(policy, optimizer, scheduler, micro_batches: list[tuple[batching.VLBatch, torch.Tensor]], args: Args,
              d: run.Dist) -> dict:
     """One optimizer step on this rank's micro-batches (batch, target mask): the token-mean NLL over
     every target token of the step on all ranks, then a clipped AdamW step."""
@@ -96,6 +100,12 @@ def main(args: Args) -> None:
     run.seed_everything(args.seed)
     out = Path(args.out)
     processor = model.load_processor(args.policy)
+    # Every file is read and checked before any model is loaded: bad data fails here, naming the record.
+    control = data.control_tokens(processor.tokenizer)
+    conversations = [c for f in args.data for c in data.load_sft(f, control)]
+    conversations, dropped = data.drop_long_conversations(processor, conversations, args.max_length)
+    if not conversations:
+        raise data.DataError(f"no usable conversations in {args.data} ({dropped} longer than {args.max_length})")
     policy = model.Policy.from_pretrained(args.policy, device=d.device)
     visual = policy.hf.model.visual
     if args.freeze_vision:
@@ -108,12 +118,6 @@ def main(args: Args) -> None:
         policy.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy = model.shard(policy, d, args.bf16)
     policy.train()
-
-    # Every file is read and checked before any step runs: bad data fails here, naming the record.
-    conversations = [c for f in args.data for c in data.load_sft(f)]
-    conversations, dropped = data.drop_long_conversations(processor, conversations, args.max_length)
-    if not conversations:
-        raise SystemExit(f"no usable conversations in {args.data} ({dropped} longer than {args.max_length})")
     per_step = args.micro_batch * args.grad_accum * d.world_size
     total_steps = args.steps or math.ceil(args.epochs * len(conversations) / per_step)
     optimizer, scheduler = run.make_optimizer(policy, args.lr, args.weight_decay, total_steps,
@@ -126,8 +130,8 @@ def main(args: Args) -> None:
 
     def step(k: int) -> dict:
         # This step's global batch, and this rank's contiguous share of it.
-        mine = run.rank_share(data.stream_indices(len(conversations), args.seed, k * per_step, per_step), d)
-        micro = [data.encode_conversations(processor, [conversations[i] for i in mine[j:j + args.micro_batch]])
+        mine = run.rank_share(batching.stream_indices(len(conversations), args.seed, k * per_step, per_step), d)
+        micro = [batching.encode_conversations(processor, [conversations[i] for i in mine[j:j + args.micro_batch]])
                  for j in range(0, len(mine), args.micro_batch)]
         return sft_step(policy, optimizer, scheduler, micro, args, d)
 

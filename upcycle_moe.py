@@ -24,7 +24,7 @@ step's forwards.
 
 Usage:
     # CPU, the tiny world (see `make demo`)
-    python upcycle_moe.py --dense runs/demo/tiny --out runs/demo/disc0 --dtype float32
+    python upcycle_moe.py --dense runs/demo/tiny --out runs/demo/disc0
     python upcycle_moe.py warmup --discriminator runs/demo/disc0 --data runs/demo/data/pairs.jsonl \
         --eval-data runs/demo/data/pairs_test.jsonl --out runs/demo/warmup --steps 60 --disc-micro-batch 4 \
         --grad-accum 1 --disc-lr 1e-3
@@ -48,14 +48,19 @@ from typing import Literal
 
 import torch
 
+import batching
 import data
 import model
 import run
-from run import arg
+from run import AT_LEAST_ONE, BELOW_ONE, NON_NEGATIVE, POSITIVE, arg
 
 HEAD_STD = 0.02
 # Config keys that describe a file or a class rather than the network; the MoE config gets its own.
 _CONFIG_METADATA = ("model_type", "transformers_version", "architectures", "_name_or_path", "dtype")
+# What the MoE's text config adds to the dense one; any other new setting is a class default that would
+# change how the directory loads (a text_config.tie_word_embeddings the dense model never had).
+_MOE_SETTINGS = ("num_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size",
+                 "decoder_sparse_step", "mlp_only_layers", "router_aux_loss_coef", "output_router_logits")
 
 
 @dataclass
@@ -63,12 +68,14 @@ class UpcycleArgs:
     dense: str = arg(None, "HF directory of the dense Qwen3-VL to upcycle", required=True)
     out: str = arg(None, "output HF directory of the MoE discriminator", required=True)
     # spec §3.1: 4 experts, top-2, noise std 0.01 on every expert, router N(0, 0.02), aux coefficient 0.01
-    experts: int = arg(4, "experts per decoder layer, each a noisy copy of the dense MLP")
-    top_k: int = arg(2, "experts each token is routed to")
-    noise_std: float = arg(0.01, "std of the i.i.d. Gaussian noise added to every expert weight (absolute)")
-    router_std: float = arg(0.02, "std of the routers' Gaussian initialisation")
-    aux_coef: float = arg(0.01, "router_aux_loss_coef recorded in the MoE config")
-    dtype: Literal["bfloat16", "float32"] = arg("bfloat16", "dtype of the written weights")
+    experts: int = arg(4, "experts per decoder layer, each a noisy copy of the dense MLP", check=AT_LEAST_ONE)
+    top_k: int = arg(2, "experts each token is routed to", check=AT_LEAST_ONE)
+    noise_std: float = arg(0.01, "std of the i.i.d. Gaussian noise added to every expert weight (absolute)",
+                           check=NON_NEGATIVE)
+    router_std: float = arg(0.02, "std of the routers' Gaussian initialisation", check=NON_NEGATIVE)
+    aux_coef: float = arg(0.01, "router_aux_loss_coef recorded in the MoE config", check=NON_NEGATIVE)
+    dtype: Literal["auto", "bfloat16", "float32"] = arg("auto", "dtype of the written weights; auto: the dense "
+                                                                "checkpoint's, so that zero noise gives its logits")
     seed: int = arg(0, "seed of the noise, the routers and the score head")
 
 
@@ -79,28 +86,33 @@ class WarmupArgs:
     out: str = arg(None, "output directory", required=True)
     eval_data: str | None = arg(None, "held-out pairs JSONL: per-segment accuracy before training and at the end")
     seed: int = arg(0, "seed for data order and dropout")
-    epochs: float = arg(1.0, "passes over the comparisons (ignored when --steps is given)")
-    steps: int = arg(0, "optimizer steps to run; 0 = derive from --epochs")
+    epochs: float = arg(1.0, "passes over the comparisons (ignored when --steps is given)", check=POSITIVE)
+    steps: int = arg(0, "optimizer steps to run; 0 = derive from --epochs", check=NON_NEGATIVE)
     resume: bool = arg(False, "continue from the newest complete checkpoint in --out")
     # the loss (spec §0.1)
     disc_loss: Literal["bce", "bt"] = arg("bce", "pair loss: bce = −log σ(T) − log(1−σ(S)), bt = −log σ(T−S)")
-    score_clip: float = arg(model.SCORE_CLIP, "scores are clamped to ±this before every loss and metric")
-    score_reg: float = arg(1e-3, "coefficient λ of the L2 score regulariser")
-    aux_coef: float = arg(0.01, "coefficient β of the router load-balancing loss")
-    dropout: float = arg(0.1, "dropout before the score head")
+    score_clip: float = arg(model.SCORE_CLIP, "scores are clamped to ±this before every loss and metric",
+                            check=POSITIVE)
+    score_reg: float = arg(1e-3, "coefficient λ of the L2 score regulariser", check=NON_NEGATIVE)
+    aux_coef: float = arg(0.01, "coefficient β of the router load-balancing loss", check=NON_NEGATIVE)
+    dropout: float = arg(0.1, "dropout before the score head", check=BELOW_ONE)
     # optimisation (spec §3.6: AdamW lr 1e-5, wd 0.01, cosine, warm-up 0.1, one epoch, clip 1.0, 128 per step)
-    disc_lr: float = arg(1e-5, "peak learning rate of the discriminator")
-    weight_decay: float = arg(0.01, "AdamW weight decay")
-    warmup_ratio: float = arg(0.1, "fraction of steps of linear warm-up before the cosine decay")
-    max_grad_norm: float = arg(1.0, "clip the global gradient norm to this")
+    disc_lr: float = arg(1e-5, "peak learning rate of the discriminator", check=POSITIVE)
+    weight_decay: float = arg(0.01, "AdamW weight decay", check=NON_NEGATIVE)
+    warmup_ratio: float = arg(0.1, "fraction of steps of linear warm-up before the cosine decay", check=BELOW_ONE)
+    max_grad_norm: float = arg(1.0, "clip the global gradient norm to this", check=POSITIVE)
     disc_micro_batch: int = arg(2, "student responses (lines) per discriminator forward/backward on each rank, each "
-                                   "scored with its teacher on both segments: 2 lines = the release's 4 pairs")
-    grad_accum: int = arg(4, "micro-batches per optimizer step on each rank")
-    max_length: int = arg(8192, "lines whose prompt plus whole teacher or student response is longer are dropped")
+                                   "scored with its teacher on both segments: 2 lines = the release's 4 pairs",
+                                   check=AT_LEAST_ONE)
+    grad_accum: int = arg(4, "micro-batches per optimizer step on each rank", check=AT_LEAST_ONE)
+    max_length: int = arg(8192, "lines whose prompt plus whole teacher or student response is longer are dropped",
+                          check=AT_LEAST_ONE)
     gradient_checkpointing: bool = arg(False, "recompute decoder activations in backward to save memory")
     bf16: bool = arg(False, "bf16 compute on GPU (FSDP2 mixed precision when sharded, autocast otherwise)")
-    max_skipped_steps: int = arg(10, "stop after this many optimizer steps in a row with a non-finite gradient")
-    save_every: int = arg(500, "write a resumable checkpoint every this many steps (and at the end)")
+    max_skipped_steps: int = arg(10, "stop after this many optimizer steps in a row with a non-finite gradient",
+                                 check=AT_LEAST_ONE)
+    save_every: int = arg(500, "write a resumable checkpoint every this many steps (and at the end)",
+                          check=AT_LEAST_ONE)
     device: str | None = arg(None, "cpu or cuda; default: cuda when available")
 
 
@@ -141,6 +153,10 @@ def upcycle(dense, experts: int = 4, top_k: int = 2, noise_std: float = 0.01, ro
     with torch.device(device):
         moe = AutoModelForImageTextToText.from_config(moe_config(dense.config, experts, top_k, aux_coef), dtype=dtype)
         disc = model.Discriminator(moe)
+    for name in ("text_config", "vision_config"):
+        kept = set(getattr(dense.config, name).to_dict()) | set(_MOE_SETTINGS)
+        for key in set(getattr(moe.config, name).to_dict()) - kept:
+            delattr(getattr(moe.config, name), key)
     disc.head.to(dtype)
     moe.generation_config = type(dense.generation_config).from_dict(dense.generation_config.to_dict())
 
@@ -176,10 +192,12 @@ def upcycle(dense, experts: int = 4, top_k: int = 2, noise_std: float = 0.01, ro
 
 
 def main_upcycle(args: UpcycleArgs) -> None:
+    if args.top_k > args.experts:
+        raise run.flag_error("top_k", args.top_k, f"must be at most --experts {args.experts}")
     processor = model.load_processor(args.dense)
-    dense = model.load_hf_model(args.dense, dtype=getattr(torch, args.dtype))
+    dense = model.load_hf_model(args.dense, dtype="auto" if args.dtype == "auto" else getattr(torch, args.dtype))
     if dense.config.model_type != "qwen3_vl":
-        raise SystemExit(f"{args.dense}: expected a dense Qwen3-VL, got {dense.config.model_type!r}")
+        raise data.DataError(f"{args.dense}: expected a dense Qwen3-VL, got {dense.config.model_type!r}")
     disc, sources = upcycle(dense, args.experts, args.top_k, args.noise_std, args.router_std, args.aux_coef,
                             args.seed)
     out = Path(args.out)
@@ -243,7 +261,7 @@ def line_inputs(processor, pairs: list[data.WarmupPair]):
     its written responses are split exactly as a rollout is (data.text_segments).
     """
     tok = processor.tokenizer
-    prompts = data.encode_prompts(processor, [data.Example(p.where, p.question, p.images, p.where) for p in pairs])
+    prompts = batching.encode_prompts(processor, [data.Example(p.where, p.question, p.images, p.where) for p in pairs])
     teacher = [data.text_segments(tok, p.teacher_caption, p.teacher_cot) for p in pairs]
     student = [data.text_segments(tok, p.student_caption, p.student_cot) for p in pairs]
     return prompts, teacher, student
@@ -315,21 +333,21 @@ def main_warmup(args: WarmupArgs) -> None:
     run.seed_everything(args.seed)
     out = Path(args.out)
     processor = model.load_processor(args.discriminator)
+    # Every file is read and checked before any model is loaded: bad data fails here, naming the record.
+    control = data.control_tokens(processor.tokenizer)
+    loaded = [data.load_pairs(f, control) for f in args.data]
+    pairs, skipped = [p for pairs, _ in loaded for p in pairs], sum(n for _, n in loaded)
+    pairs, dropped = drop_long_pairs(processor, pairs, args.max_length)
+    if not pairs:
+        raise data.DataError(f"no usable pairs in {args.data} ({skipped} incomplete, {dropped} too long)")
+    eval_pairs = drop_long_pairs(processor, data.load_pairs(args.eval_data, control)[0], args.max_length)[0] \
+        if args.eval_data else []
     disc = model.Discriminator.from_pretrained(args.discriminator, device=d.device)
     disc.dropout.p = args.dropout
     if args.gradient_checkpointing:
         disc.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     disc = model.shard(disc, d, args.bf16)
     disc.train()
-
-    # Every file is read and checked before any step runs: bad data fails here, naming the record.
-    loaded = [data.load_pairs(f) for f in args.data]
-    pairs, skipped = [p for pairs, _ in loaded for p in pairs], sum(n for _, n in loaded)
-    pairs, dropped = drop_long_pairs(processor, pairs, args.max_length)
-    if not pairs:
-        raise SystemExit(f"no usable pairs in {args.data} ({skipped} incomplete, {dropped} too long)")
-    eval_pairs = drop_long_pairs(processor, data.load_pairs(args.eval_data)[0], args.max_length)[0] \
-        if args.eval_data else []
     lines_per_step = args.disc_micro_batch * args.grad_accum * d.world_size
     total_steps = args.steps or math.ceil(args.epochs * len(pairs) / lines_per_step)
     optimizer, scheduler = run.make_optimizer(disc, args.disc_lr, args.weight_decay, total_steps,
@@ -348,7 +366,7 @@ def main_warmup(args: WarmupArgs) -> None:
 
     def step(k: int) -> dict:
         # This step's lines, and this rank's contiguous share of them.
-        mine = run.rank_share(data.stream_indices(len(pairs), args.seed, k * lines_per_step, lines_per_step), d)
+        mine = run.rank_share(batching.stream_indices(len(pairs), args.seed, k * lines_per_step, lines_per_step), d)
         return warmup_step(disc, optimizer, scheduler, processor, [pairs[i] for i in mine], args, d)
 
     training.loop(total_steps, step, "warmup")

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 import align
+import batching
 import data
 import grading
 import model
@@ -43,7 +44,7 @@ FOOTNOTES = {
     "rss": "Peak RSS is the section's whole process (getrusage ru_maxrss): interpreter, torch, transformers, "
            "model(s), optimizer state and the steps; each section runs in a fresh process.",
     "padding": "Padding share of the token positions (attention_mask 0) in the policy update's forward/backward "
-               "micro-batches: rows grouped by data.token_budget_batches under the stage's token budget, each "
+               "micro-batches: rows grouped by batching.token_budget_batches under the stage's token budget, each "
                "cut by Rollouts.micro_batch to the columns some row uses. The reference row splits the same "
                "rollouts by the earlier rule (rows in order, 16 each, every micro-batch as wide as the whole "
                "rollout batch). The rows marked \"lengths U(1, R)\" take the same rollouts with each response "
@@ -170,7 +171,7 @@ def build_hf(shape: str, tokenizer, device: torch.device, dtype: torch.dtype):
     run.seed_everything(0)
     with torch.device(device):
         hf = AutoModelForImageTextToText.from_config(cfg, dtype=dtype)
-    model.set_generation_tokens(hf, tokenizer)
+    toy_models.set_generation_tokens(hf, tokenizer)
     return hf
 
 
@@ -181,7 +182,7 @@ def load_examples(data_dir: Path, split: str, count: int, image_size: int) -> li
     processor and the vision tower doing the work of a real resolution.
     """
     prompts = data.load_prompts(data_dir / f"{split}.parquet")
-    examples = [prompts[i] for i in data.stream_indices(len(prompts), 0, 0, count)]
+    examples = [prompts[i] for i in batching.stream_indices(len(prompts), 0, 0, count)]
     if image_size == toy_world.SYNTH_IMAGE_SIZE:
         return examples
     return [replace(e, images=[upscaled(ref, image_size) for ref in e.images]) for e in examples]
@@ -248,7 +249,7 @@ def padding_share(masks: list[torch.Tensor]) -> float:
 
 def update_micro_batches(rollouts: model.Rollouts, budget: int) -> list[torch.Tensor]:
     """The attention masks of policy_gradient.policy_update's forward batches, made by the same two calls it makes."""
-    chunks = data.token_budget_batches(rollouts.batch.attention_mask.sum(-1).tolist(), budget)
+    chunks = batching.token_budget_batches(rollouts.batch.attention_mask.sum(-1).tolist(), budget)
     return [rollouts.micro_batch(rows)[0].attention_mask for rows in chunks]
 
 
@@ -299,7 +300,7 @@ def padding_rows(section: str, rollouts_seen: list[model.Rollouts], budget: int)
 
 def sample_rollouts(policy, processor, examples, a, d, count: int) -> list[model.Rollouts]:
     """`count` rollout batches of the step's shape, for the padding rows (not timed)."""
-    prompts = data.encode_prompts(processor, examples).to(d.device)
+    prompts = batching.encode_prompts(processor, examples).to(d.device)
     return [model.generate_rollouts(policy, prompts, processor.tokenizer, a.rollouts_per_prompt, a.max_new_tokens,
                                     a.temperature, a.top_p) for _ in range(count)]
 
@@ -328,7 +329,7 @@ def run_grpo(args, d, data_dir: Path) -> list[Row]:
     B = args.prompts * args.rollouts
     return [
         Row("grpo: rollout", [m["time/rollout_s"] for m in timed], "s",
-            "data.encode_prompts + model.generate_rollouts"),
+            "batching.encode_prompts + model.generate_rollouts"),
         Row("grpo: reward", [m["time/reward_s"] for m in timed], "s",
             "decode + grading.example_reward + advantages [reward]"),
         Row("grpo: old log-probs", [0.0 for _ in timed], "s", "taken from the update's forward [old]"),
@@ -384,7 +385,7 @@ def run_align(args, d, data_dir: Path) -> list[Row]:
     world = f"{shape} policy {n_params(policy) / 1e6:.1f}M, discriminator {n_params(disc) / 1e6:.1f}M params"
     return [
         Row("align: rollout", [m["time/rollout_s"] for m in timed], "s",
-            "data.encode_prompts + model.generate_rollouts"),
+            "batching.encode_prompts + model.generate_rollouts"),
         Row("align: split + scoring", [m["time/scoring_s"] for m in timed], "s",
             "align.split_rollouts + align.score_rollouts (eval, no_grad) + advantages"),
         Row("align: discriminator update", [m["time/disc_update_s"] for m in timed], "s",
@@ -409,13 +410,13 @@ def naive_rollouts(policy, processor, examples, n: int, max_new_tokens: int, d):
     """The baseline: each prompt repeated n times through the processor (and so the vision encoder), one sample
     per row. Same wrapper and sampling settings as the project's path; only the grouping differs."""
     repeated = [e for e in examples for _ in range(n)]
-    return model.generate_rollouts(policy, data.encode_prompts(processor, repeated).to(d.device),
+    return model.generate_rollouts(policy, batching.encode_prompts(processor, repeated).to(d.device),
                                    processor.tokenizer, 1, max_new_tokens)
 
 
 def grouped_rollouts(policy, processor, examples, n: int, max_new_tokens: int, d, compile_decode: bool = False):
     """The project's path: encode each prompt once, generate expands to n rows after the vision encoder."""
-    return model.generate_rollouts(policy, data.encode_prompts(processor, examples).to(d.device),
+    return model.generate_rollouts(policy, batching.encode_prompts(processor, examples).to(d.device),
                                    processor.tokenizer, n, max_new_tokens, compile_decode=compile_decode)
 
 
@@ -554,13 +555,14 @@ def naive_logprob_fits(args) -> tuple[bool, str]:
 # ----------------------------------------------------------------------------------------------
 
 
-def random_text_batch(tokenizer, vocab: int, rows: int, length: int, device) -> tuple[data.VLBatch, torch.Tensor]:
+def random_text_batch(tokenizer, vocab: int, rows: int, length: int, device) -> tuple[batching.VLBatch, torch.Tensor]:
     """Text-only rows of random token ids above the special tokens (no padding), every token a target."""
     ids = torch.randint(len(toy_models.SPECIAL_TOKENS), vocab, (rows, length), device=device)
     ones = torch.ones_like(ids)
     none = torch.zeros(0, dtype=torch.long, device=device)
-    batch = data.VLBatch(input_ids=ids, attention_mask=ones, mm_token_type_ids=torch.zeros_like(ids), pixel_values=None,
-                         image_grid_thw=None, images_per_row=torch.zeros(rows, dtype=torch.long), image_index=none)
+    batch = batching.VLBatch(input_ids=ids, attention_mask=ones, mm_token_type_ids=torch.zeros_like(ids),
+                             pixel_values=None, image_grid_thw=None, images_per_row=torch.zeros(rows, dtype=torch.long),
+                             image_index=none)
     return batch, ones
 
 

@@ -11,6 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import batching
 import data
 import model
 import run
@@ -23,7 +24,7 @@ def main(model_dir: str, data_file: str, out: str) -> None:
     conversations = data.load_sft(data_file)[:4]
     share = len(conversations) // d.world_size
     mine = conversations[d.rank * share:(d.rank + 1) * share]
-    batch, target = data.encode_conversations(processor, mine)
+    batch, target = batching.encode_conversations(processor, mine)
     total_tokens = run.global_sum(target[:, 1:].sum().item(), d)
     logprobs, _ = policy(batch, target)
     loss = -logprobs.sum() / total_tokens

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+import batching
 import data
 import grading
 
@@ -110,7 +111,7 @@ def test_label_mask_covers_exactly_the_assistant_tokens(processor, tmp_path):
         {"role": "assistant", "content": "<answer>square</answer>"}], "images": ["a.png"]}
     (tmp_path / "sft.jsonl").write_text(json.dumps(record) + "\n")
     conv = data.load_sft(tmp_path / "sft.jsonl")
-    batch, target = data.encode_conversations(processor, conv)
+    batch, target = batching.encode_conversations(processor, conv)
     tok = processor.tokenizer
     ids = batch.input_ids[0].tolist()
     expected = []
@@ -124,17 +125,17 @@ def test_label_mask_covers_exactly_the_assistant_tokens(processor, tmp_path):
 
 
 def test_stream_indices_are_epoch_permutations_and_resumable():
-    first = data.stream_indices(10, seed=3, start=0, count=25)
+    first = batching.stream_indices(10, seed=3, start=0, count=25)
     assert sorted(first[:10]) == list(range(10)) and sorted(first[10:20]) == list(range(10))
     assert first[:10] != first[10:20]
-    assert data.stream_indices(10, seed=3, start=7, count=5) == first[7:12]
-    assert data.stream_indices(10, seed=4, start=0, count=10) != first[:10]
+    assert batching.stream_indices(10, seed=3, start=7, count=5) == first[7:12]
+    assert batching.stream_indices(10, seed=4, start=0, count=10) != first[:10]
 
 
 def test_drop_long_prompts_counts_without_truncating(processor, synth_dir):
     examples = data.load_prompts(synth_dir / "test.jsonl")[:4]
     examples[1].question = examples[1].question + " word" * 400
-    lengths = [data.encode_prompts(processor, [e]).input_ids.shape[1] for e in examples]
+    lengths = [batching.encode_prompts(processor, [e]).input_ids.shape[1] for e in examples]
     kept, dropped = data.drop_long_prompts(processor, examples, max_len=max(lengths[0], lengths[2], lengths[3]))
     assert dropped == 1 and examples[1] not in kept and len(kept) == 3
     kept, dropped = data.drop_long_prompts(processor, examples, max_len=max(lengths))
@@ -177,7 +178,7 @@ def test_unreadable_image_is_named_when_loaded(tmp_path, processor):
     path = _write(tmp_path, "sft.jsonl", [GOOD])
     conv = data.load_sft(path)
     with pytest.raises(data.DataError, match=r"sft.jsonl:1: cannot read .*a.png"):
-        data.encode_conversations(processor, conv)
+        batching.encode_conversations(processor, conv)
 
 
 def test_bad_prompt_files(tmp_path):
@@ -254,7 +255,7 @@ def test_hostile_images(tmp_path):
 
 def test_select_keeps_rows_and_images_together(processor, synth_dir):
     examples = data.load_prompts(synth_dir / "test.jsonl")[:3]
-    batch = data.encode_prompts(processor, examples)
+    batch = batching.encode_prompts(processor, examples)
     picked = batch.select([2, 0])
     assert torch.equal(picked.input_ids, batch.input_ids[[2, 0]])
     patches = batch.image_grid_thw.prod(-1)

@@ -12,6 +12,7 @@ import torch
 from conftest import run_script
 from PIL import Image
 
+import batching
 import data
 import eval as evaluation
 import grading
@@ -58,7 +59,7 @@ def _stopping_tiny_model(tiny_dir, synth_dir, out):
     come in several lengths, some truncated."""
     shutil.copytree(tiny_dir, out)
     hf, processor = model.load_hf_model(out), model.load_processor(out)
-    prompts = data.encode_prompts(processor, data.load_prompts(synth_dir / "test.jsonl")[:7])
+    prompts = batching.encode_prompts(processor, data.load_prompts(synth_dir / "test.jsonl")[:7])
     responses = model.generate_rollouts(model.Policy(hf), prompts, processor.tokenizer, 1, 24, greedy=True).responses()
     counts = Counter(t for r in responses for t in set(r[2:]))  # not the first tokens: keep responses non-empty
     stop = next(t for t, c in counts.most_common() if c < len(responses))

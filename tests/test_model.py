@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import run_script
 
+import batching
 import data
 import model
 import run
@@ -33,9 +34,10 @@ def test_tiny_model_loads_with_plain_transformers_and_keeps_architecture(tiny_di
     a, b = "<caption>\n- red circle\n</caption>", "\n<think>\nok\n</think>\n<answer>1</answer>"
     assert tok.encode(a + b, add_special_tokens=False) == tok.encode(a, add_special_tokens=False) + \
         tok.encode(b, add_special_tokens=False)
-    assert hf.generation_config.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+    assert hf.generation_config.eos_token_id == [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>",
+                                                                                        "<|endoftext|>")]
     # 64×64 images become 2×2 merged tokens.
-    batch = data.encode_prompts(processor, _examples(synth_dir, 1))
+    batch = batching.encode_prompts(processor, _examples(synth_dir, 1))
     assert (batch.input_ids == tok.convert_tokens_to_ids("<|image_pad|>")).sum() == 4
 
 
@@ -43,7 +45,7 @@ def test_save_load_round_trip_gives_identical_logits(tiny_dir, synth_dir, proces
     policy = model.Policy.from_pretrained(tiny_dir)
     policy.save_pretrained(processor, tmp_path / "copy", run.Dist())
     again = model.Policy.from_pretrained(tmp_path / "copy")
-    batch = data.encode_prompts(processor, _examples(synth_dir, 3))
+    batch = batching.encode_prompts(processor, _examples(synth_dir, 3))
     with torch.no_grad():
         a = policy.hf(**batch.model_inputs()).logits
         b = again.hf(**batch.model_inputs()).logits
@@ -58,7 +60,7 @@ def test_refuses_weights_that_are_not_safetensors(tiny_dir, tmp_path):
     sd = {k: v for k, v in model.load_hf_model(tiny_dir).state_dict().items()}
     (bad / "model.safetensors").unlink()
     torch.save(sd, bad / "pytorch_model.bin")
-    with pytest.raises(FileNotFoundError, match="safetensors"):
+    with pytest.raises(data.DataError, match="safetensors"):
         model.load_hf_model(bad)
 
 
@@ -80,7 +82,7 @@ def test_chunked_logprobs_match_full_log_softmax_with_gradients():
 
 def test_response_mask_runs_through_the_first_eos():
     ids = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [2, 0, 0, 0]])
-    mask, truncated = model.response_mask_through_eos(ids, eos_id=2)
+    mask, truncated = model.response_mask_through_eos(ids, eos_ids=[2])
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
     assert truncated.tolist() == [False, True, False]
 
@@ -90,9 +92,9 @@ def test_select_moves_whole_image_blocks(tiny_dir, synth_dir, processor):
     examples = _examples(synth_dir, 3)
     examples[1].question = "<image>\n<image>\n" + examples[1].question.replace("<image>", "")
     examples[1].images = examples[1].images + examples[2].images
-    batch = data.encode_prompts(processor, examples)
+    batch = batching.encode_prompts(processor, examples)
     picked = batch.select([2, 1, 1])
-    alone = data.encode_prompts(processor, [examples[2], examples[1], examples[1]])
+    alone = batching.encode_prompts(processor, [examples[2], examples[1], examples[1]])
     with torch.no_grad():
         a = policy.hf(**picked.model_inputs()).logits
         b = policy.hf(**alone.model_inputs()).logits
@@ -106,7 +108,7 @@ def test_training_logprobs_equal_generate_logits(tiny_dir, synth_dir, processor)
     examples = _examples(synth_dir, 3)
     examples[0].question = "<image>\n<image>\nCompare the two pictures, please."
     examples[0].images = examples[0].images + examples[1].images
-    prompts = data.encode_prompts(processor, examples)
+    prompts = batching.encode_prompts(processor, examples)
     assert prompts.attention_mask[:, 0].min() == 0  # really left-padded
     tok = processor.tokenizer
     torch.manual_seed(3)
@@ -116,7 +118,8 @@ def test_training_logprobs_equal_generate_logits(tiny_dir, synth_dir, processor)
                                                        "<|vision_end|>")]
     ref = policy.hf.generate(**prompts.model_inputs(), max_new_tokens=24, num_return_sequences=4, do_sample=True,
                              top_k=0, top_p=1.0, temperature=1.0, suppress_tokens=suppress,
-                             eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id,
+                             eos_token_id=[tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")],
+                             pad_token_id=tok.pad_token_id,
                              return_dict_in_generate=True, output_logits=True)
     P = rollouts.prompt_len
     sampled = ref.sequences[:, P:]
@@ -137,7 +140,7 @@ def test_compiled_static_cache_decoding_samples_the_same_tokens(tiny_dir, synth_
     from torch._dynamo.utils import counters
 
     policy = model.Policy.from_pretrained(tiny_dir)
-    prompts = data.encode_prompts(processor, _examples(synth_dir, 2))
+    prompts = batching.encode_prompts(processor, _examples(synth_dir, 2))
     tok = processor.tokenizer
     torch.manual_seed(5)
     eager = model.generate_rollouts(policy, prompts, tok, n=4, max_new_tokens=16)
@@ -171,7 +174,7 @@ def test_compiled_static_cache_decoding_samples_the_same_tokens(tiny_dir, synth_
 def test_bf16_weights_decode_then_restore_the_same_fp32_tensors(tiny_dir, synth_dir, processor):
     policy = model.Policy.from_pretrained(tiny_dir)
     before = {n: (p.data_ptr(), p.detach().clone()) for n, p in policy.named_parameters()}
-    prompts = data.encode_prompts(processor, _examples(synth_dir, 2))
+    prompts = batching.encode_prompts(processor, _examples(synth_dir, 2))
     with model.bf16_weights(policy):
         assert all(p.dtype == torch.bfloat16 for p in policy.parameters())
         out = policy.hf.generate(**prompts.model_inputs(), max_new_tokens=4, do_sample=False)
@@ -221,18 +224,18 @@ def test_real_qwen3vl_shapes_build_on_meta_device(name):
 
 def test_token_budget_batches_group_similar_lengths_within_budget():
     lengths = [10, 50, 12, 48, 11, 100]
-    batches = data.token_budget_batches(lengths, budget=100)
+    batches = batching.token_budget_batches(lengths, budget=100)
     assert sorted(r for b in batches for r in b) == list(range(6))
     assert batches[0] == [5]  # alone: 100 tokens fill the budget
     assert batches[1] == [1, 3]  # 2 × 50
     assert batches[2] == [2, 4, 0]  # 3 × 12
     assert all(len(b) * max(lengths[r] for r in b) <= 100 for b in batches)
-    assert data.token_budget_batches([300], budget=100) == [[0]]
+    assert batching.token_budget_batches([300], budget=100) == [[0]]
 
 
 def test_rollout_micro_batches_drop_shared_padding(tiny_dir, synth_dir, processor):
     policy = model.Policy.from_pretrained(tiny_dir)
-    prompts = data.encode_prompts(processor, _examples(synth_dir, 2))
+    prompts = batching.encode_prompts(processor, _examples(synth_dir, 2))
     torch.manual_seed(0)
     rollouts = model.generate_rollouts(policy, prompts, processor.tokenizer, n=3, max_new_tokens=12)
     # Make responses of very different lengths: cut rows 0–2 after 2 tokens.

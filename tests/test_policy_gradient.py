@@ -70,3 +70,26 @@ def test_gspo_value_and_gradient_equal_the_sequence_objective():
     assert total.item() == pytest.approx((-(adv * s).sum() / 2).item(), abs=1e-7)
     analytic = (-adv * s / (2 * lengths))[:, None] * mask  # ∂J/∂log π_{i,t}
     assert torch.allclose(grad, analytic, atol=1e-7)
+
+
+def test_a_group_of_equal_rewards_has_advantage_exactly_zero():
+    # The release's float32 formula gives sixteen rewards of 0.2 an advantage of −0.0147 each.
+    rewards = torch.full((16,), 0.2)
+    assert ((rewards - rewards.mean()) / (rewards.std() + 1e-6)).abs().max() > 1e-2
+    group = torch.zeros(16, dtype=torch.long)
+    assert pg.group_advantages(rewards, group).tolist() == [0.0] * 16
+    mixed = torch.cat([torch.full((55,), 2.2), torch.tensor([1.0, 3.0])])
+    adv = pg.group_advantages(mixed, torch.tensor([0] * 55 + [1, 1]))
+    assert adv[:55].tolist() == [0.0] * 55 and adv[55] < 0 < adv[56]
+
+
+def test_k3_is_clamped_as_verl_does_with_no_gradient_where_clamped():
+    logp = torch.tensor([-5.0, -0.5], requires_grad=True)
+    ref = torch.tensor([-0.1, -0.4])
+    kl = pg.kl_penalty(logp, ref, "k3")
+    # δ = −4.9: exp(4.9) − 1 − 4.9 = 128.4 unclamped → 10; δ = −0.1: exp(0.1) − 1 − 0.1 = 0.0051709.
+    assert kl.tolist() == pytest.approx([10.0, math.exp(0.1) - 1.1], abs=1e-6)
+    kl.sum().backward()
+    assert logp.grad[0] == 0 and logp.grad[1] == pytest.approx(1 - math.exp(0.1), abs=1e-6)
+    huge = pg.kl_penalty(torch.tensor([0.0]), torch.tensor([-50.0]), "k3")  # δ = 50 → 20: e^−20 − 1 + 20
+    assert huge.item() == pytest.approx(10.0)

@@ -39,6 +39,7 @@ import torch
 from conftest import ROOT, run_script
 from PIL import Image
 
+import batching
 import data
 import grading
 import model
@@ -602,7 +603,7 @@ def test_rlvr_rank_whose_dynamic_sampling_keeps_nothing_stays_in_lockstep(tiny_d
     # positions 0-1 and rank 1 positions 2-3. Rank 1's prompts are all always-right or never-right
     # under rlvr_worker's scripted judge, so its groups never vary and it keeps nothing.
     records = [json.loads(line) for line in (synth_dir / "test.jsonl").read_text().splitlines()]
-    order = data.stream_indices(len(records), 0, 0, 8)
+    order = batching.stream_indices(len(records), 0, 0, 8)
     for k, i in enumerate(order):
         records[i]["answer"] = ("NEVER", "ALWAYS")[k % 2] if k % 4 >= 2 else "5"
     for r in records:
@@ -733,7 +734,7 @@ def test_an_extreme_aspect_ratio_image_is_a_named_error(processor):
     with pytest.raises(data.DataError, match="f.jsonl:7"):
         data.drop_long_prompts(processor, [example], 4096)
     with pytest.raises(data.DataError, match="f.jsonl:7"):
-        data.encode_prompts(processor, [example])
+        batching.encode_prompts(processor, [example])
 
 
 def test_text_spelling_a_vision_token_is_a_named_error(processor, synth_dir, tmp_path):
@@ -744,7 +745,7 @@ def test_text_spelling_a_vision_token_is_a_named_error(processor, synth_dir, tmp
     path = tmp_path / "sft.jsonl"
     path.write_text(json.dumps(record) + "\n")
     with pytest.raises(data.DataError, match="sft.jsonl:1"):
-        data.encode_conversations(processor, data.load_sft(path))
+        batching.encode_conversations(processor, data.load_sft(path))
 
 
 def test_parquet_columns_of_the_wrong_type_are_named(tmp_path):

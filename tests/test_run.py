@@ -147,7 +147,7 @@ def test_help_shows_per_algorithm_defaults_and_flags_are_exact(tmp_path):
 
 # Each module may import only modules of lower layers; toy/ and bench.py serve the demo, the tests and
 # the benchmark, and no pipeline module imports them.
-LAYERS = [{"data", "symbolic"}, {"quantities"}, {"grading", "run"}, {"model"}, {"policy_gradient"},
+LAYERS = [{"data", "symbolic"}, {"quantities", "batching"}, {"grading", "run"}, {"model"}, {"policy_gradient"},
           {"sft", "upcycle_moe", "align", "rlvr", "eval"}, {"toy"}, {"bench"}]
 
 

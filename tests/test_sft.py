@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import ROOT, run_script
 
+import batching
 import data
 import model
 import sft
@@ -29,7 +30,7 @@ def _max_diff(a, b):
 
 def test_loss_equals_plain_cross_entropy_on_full_logits(tiny_dir, synth_dir, processor):
     policy = model.Policy.from_pretrained(tiny_dir)
-    batch, target = data.encode_conversations(processor, data.load_sft(synth_dir / "sft_teacher.jsonl")[:4])
+    batch, target = batching.encode_conversations(processor, data.load_sft(synth_dir / "sft_teacher.jsonl")[:4])
     logprobs, _ = policy(batch, target)
     ours = sft.sft_loss(logprobs, target, total_targets=target[:, 1:].sum().item())
     labels = batch.input_ids.masked_fill(target == 0, -100)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import run_script
 
+import batching
 import data
 import model
 import run
@@ -41,7 +42,7 @@ def upcycled_dir(tiny_dir, tmp_path_factory) -> Path:
     return out
 
 
-def _lines_batch(processor, pairs) -> data.VLBatch:
+def _lines_batch(processor, pairs) -> batching.VLBatch:
     """The 4m scored sequences of m warm-up lines, as the warm-up's forward sees them."""
     prompts, teacher, student = upcycle_moe.line_inputs(processor, pairs)
     return model.scoring_batch(prompts, prompts.input_ids.shape[1], teacher, student, list(range(len(pairs))),
@@ -60,7 +61,7 @@ def test_zero_noise_upcycle_gives_the_dense_logits_and_greedy_generation(dense, 
     examples = data.load_prompts(synth_dir / "test.jsonl")[:3]
     examples[0].question = "<image>\n<image>\nCompare the two pictures, please."
     examples[0].images = examples[0].images + examples[1].images
-    prompts = data.encode_prompts(processor, examples)
+    prompts = batching.encode_prompts(processor, examples)
     with torch.no_grad():
         a = dense(**prompts.model_inputs()).logits
         b = moe(**prompts.model_inputs()).logits
@@ -118,12 +119,12 @@ def test_real_2b_upcycle_accounts_for_every_tensor_on_meta():
     assert disc.config.tie_word_embeddings and disc.config.vision_config.deepstack_visual_indexes == [5, 11, 17]
 
 
-def _row_alone(batch: data.VLBatch, row: int) -> data.VLBatch:
+def _row_alone(batch: batching.VLBatch, row: int) -> batching.VLBatch:
     one = batch.select([row])
     return one.columns(one.attention_mask[0].bool())
 
 
-def _right_padded(batch: data.VLBatch) -> data.VLBatch:
+def _right_padded(batch: batching.VLBatch) -> batching.VLBatch:
     order = torch.argsort(batch.attention_mask == 0, dim=1, stable=True)  # real tokens first, in order
     return dataclasses.replace(batch, input_ids=batch.input_ids.gather(1, order),
                                attention_mask=batch.attention_mask.gather(1, order),

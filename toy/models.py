@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from data import FORMAT_TAGS
-from model import load_hf_model, set_generation_tokens
+from model import load_hf_model
 from toy.world import synthetic_corpus
 
 SPECIAL_TOKENS = [
@@ -103,6 +103,14 @@ def build_processor(tokenizer):
     return Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
                             video_processor=Qwen3VLVideoProcessor(patch_size=16, merge_size=2),
                             chat_template=CHAT_TEMPLATE)
+
+
+def set_generation_tokens(hf_model, tokenizer) -> None:
+    """A new model's generation settings: a response ends at <|im_end|> or <|endoftext|>, as the released
+    Qwen3-VL's do; without this, generate runs on past the end of the turn."""
+    hf_model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>",
+                                                                                             "<|endoftext|>")]
+    hf_model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
 def build_tiny(out: str | Path, seed: int = 0) -> Path:

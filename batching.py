@@ -1,0 +1,218 @@
+"""Batching: token rows and the images they show, ready for a forward or for generate.
+
+  - `VLBatch`: rows of tokens with each distinct image stored (and encoded) once;
+  - prompts to generate from, SFT conversations with their target masks, discriminator inputs
+    (prompt ⊕ segment);
+  - token-budget micro-batches and the seeded stream of shuffled epochs every stage draws from.
+"""
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from data import VISION_TOKENS, Conversation, Example, ImageRef, conversation_text, load_image, prompt_text
+
+
+@dataclass
+class VLBatch:
+    """Token rows plus the images they show, each distinct image stored (and encoded) once.
+
+    input_ids, attention_mask, mm_token_type_ids: (B, L). pixel_values: (patches, C·T·P·P), the
+    patches of U distinct images one after another; image_grid_thw: (U, 3). images_per_row: (B,);
+    image_index: (Σ images_per_row,), for each row in order, which distinct image it shows where.
+    The n rollouts of a prompt therefore share one copy of its images, and the training forward
+    runs the vision encoder once per prompt, not once per rollout.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    mm_token_type_ids: torch.Tensor
+    pixel_values: torch.Tensor | None
+    image_grid_thw: torch.Tensor | None
+    images_per_row: torch.Tensor
+    image_index: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def text_inputs(self) -> dict:
+        return dict(input_ids=self.input_ids, attention_mask=self.attention_mask,
+                    mm_token_type_ids=self.mm_token_type_ids)
+
+    def model_inputs(self) -> dict:
+        """Keyword arguments of a plain HF forward or generate: every image occurrence spelled out."""
+        inputs = self.text_inputs()
+        if self.pixel_values is not None:
+            patches = self.image_grid_thw.prod(-1)
+            first = torch.cumsum(patches, 0) - patches
+            pixel_values = torch.cat([self.pixel_values[first[i]:first[i] + patches[i]]
+                                      for i in self.image_index.tolist()])
+            inputs |= dict(pixel_values=pixel_values, image_grid_thw=self.image_grid_thw[self.image_index])
+        return inputs
+
+    def to(self, device) -> "VLBatch":
+        move = (lambda t: None if t is None else t.to(device))
+        return VLBatch(*(move(getattr(self, f)) for f in self.__dataclass_fields__))
+
+    def select(self, rows) -> "VLBatch":
+        """Rows `rows` (any order, repeats allowed), keeping only the distinct images they show.
+
+        Images move as whole patch blocks: repeating pixel rows one by one would keep the counts
+        right but pair patches with the wrong images.
+        """
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        r = rows.to(self.input_ids.device)
+        pixel_values = image_grid_thw = None
+        image_index = self.image_index[:0]
+        if self.image_grid_thw is not None:
+            first_of_row = torch.cumsum(self.images_per_row, 0) - self.images_per_row
+            shown = torch.cat([self.image_index[first_of_row[i]:first_of_row[i] + self.images_per_row[i]]
+                               for i in rows.tolist()]) if len(rows) else self.image_index[:0]
+            used, image_index = torch.unique(shown, return_inverse=True)
+            patches = self.image_grid_thw.prod(-1)
+            first = torch.cumsum(patches, 0) - patches
+            pixel_values = torch.cat([self.pixel_values[first[i]:first[i] + patches[i]] for i in used.tolist()]) \
+                if len(used) else self.pixel_values[:0]
+            image_grid_thw = self.image_grid_thw[used]
+        return VLBatch(self.input_ids[r], self.attention_mask[r], self.mm_token_type_ids[r], pixel_values,
+                       image_grid_thw, self.images_per_row[rows], image_index)
+
+    def repeat_interleave(self, n: int) -> "VLBatch":
+        return self.select(torch.arange(len(self)).repeat_interleave(n))
+
+    def columns(self, keep: torch.Tensor) -> "VLBatch":
+        """Only the token columns where `keep` (L,) is true; the images are untouched."""
+        return dataclasses.replace(self, input_ids=self.input_ids[:, keep], attention_mask=self.attention_mask[:, keep],
+                                   mm_token_type_ids=self.mm_token_type_ids[:, keep])
+
+    def padded(self, left: int, right: int, pad_id: int) -> "VLBatch":
+        """Widen with `left` padding columns in front and `right` at the end."""
+        def pad(t, value):
+            return F.pad(t, (left, right), value=value)
+        return dataclasses.replace(self, input_ids=pad(self.input_ids, pad_id),
+                                   attention_mask=pad(self.attention_mask, 0),
+                                   mm_token_type_ids=pad(self.mm_token_type_ids, 0))
+
+    @staticmethod
+    def concat(batches: list["VLBatch"]) -> "VLBatch":
+        """Rows of equal-width batches, one after another; each batch's images keep their own entries."""
+        def cat(field):
+            parts = [getattr(b, field) for b in batches if getattr(b, field) is not None]
+            return torch.cat(parts) if parts else None
+        offsets = torch.tensor([0] + [len(b.image_grid_thw) if b.image_grid_thw is not None else 0
+                                      for b in batches]).cumsum(0)
+        image_index = torch.cat([b.image_index + offsets[k] for k, b in enumerate(batches)])
+        return VLBatch(*(cat(f) for f in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values",
+                                          "image_grid_thw", "images_per_row")), image_index)
+
+    def extend(self, tokens: torch.Tensor, mask: torch.Tensor) -> "VLBatch":
+        """Append text columns (B, T) with their attention mask (B, T)."""
+        return dataclasses.replace(self, input_ids=torch.cat([self.input_ids, tokens], 1),
+                                   attention_mask=torch.cat([self.attention_mask, mask], 1),
+                                   mm_token_type_ids=torch.cat([self.mm_token_type_ids, torch.zeros_like(tokens)], 1))
+
+
+def _encode(processor, texts: list[str], images: list[list[ImageRef]], wheres: list[str]) -> VLBatch:
+    """Processor call over rendered texts, left-padded."""
+    flat = [load_image(ref, where) for refs, where in zip(images, wheres) for ref in refs]
+    enc = processor(text=texts, images=flat or None, padding=True, padding_side="left", return_tensors="pt")
+    return VLBatch(enc["input_ids"], enc["attention_mask"], enc["mm_token_type_ids"], enc.get("pixel_values"),
+                   enc.get("image_grid_thw"), torch.tensor([len(refs) for refs in images], dtype=torch.long),
+                   torch.arange(len(flat)))
+
+
+def encode_prompts(processor, examples: list[Example]) -> VLBatch:
+    """Prompts ready to generate from: system, user turn with images, then the assistant header."""
+    texts = [prompt_text(processor, e) for e in examples]
+    return _encode(processor, texts, [e.images for e in examples], [e.where for e in examples])
+
+
+def encode_conversations(processor, conversations: list[Conversation]) -> tuple[VLBatch, torch.Tensor]:
+    """SFT batch and its target mask (B, L): 1 exactly on assistant content tokens and their <|im_end|>.
+
+    Assistant spans are found on the token ids: after each "<|im_start|>assistant\\n" header,
+    up to and including the next <|im_end|>. System, user and vision tokens are never targets.
+    """
+    tok = processor.tokenizer
+    texts = [conversation_text(processor, c) for c in conversations]
+    batch = _encode(processor, texts, [c.images for c in conversations], [c.where for c in conversations])
+    vision = torch.tensor([tok.convert_tokens_to_ids(t) for t in VISION_TOKENS])
+    header = tok.encode("<|im_start|>assistant\n", add_special_tokens=False)
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    target = torch.zeros_like(batch.input_ids)
+    for row, ids in enumerate(batch.input_ids.tolist()):
+        t = 0
+        while t < len(ids):
+            if ids[t:t + len(header)] == header:
+                start = t + len(header)
+                end = ids.index(im_end, start) if im_end in ids[start:] else len(ids) - 1
+                target[row, start:end + 1] = 1
+                t = end + 1
+            else:
+                t += 1
+    return batch, target * ~torch.isin(batch.input_ids, vision)  # a vision token is never a target
+
+
+def encode_scored(prompts: VLBatch, prompt_len: int, segments: list[list[int]], pad_id: int) -> VLBatch:
+    """Discriminator inputs: each row's real prompt tokens ⊕ its segment, left-padded (spec §3.4, §0.1).
+
+    prompts: a batch whose first `prompt_len` columns are left-padded prompts (a prompt batch or
+    rollouts); segments: one token list per row. The score is read at the last token, which is the
+    segment's last token for teacher and student alike; positions are the model's own M-RoPE.
+    """
+    device = prompts.input_ids.device  # built where the prompts are: no round trip through the CPU
+    rows = []
+    for i, seg in enumerate(segments):
+        keep = prompts.attention_mask[i, :prompt_len].bool()
+        ids = torch.cat([prompts.input_ids[i, :prompt_len][keep], torch.tensor(seg, dtype=torch.long, device=device)])
+        mm = torch.cat([prompts.mm_token_type_ids[i, :prompt_len][keep].long(),
+                        torch.zeros(len(seg), dtype=torch.long, device=device)])
+        rows.append((ids, mm))
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+    attention = torch.zeros_like(input_ids)
+    mm_types = torch.zeros_like(input_ids)
+    for i, (ids, mm) in enumerate(rows):
+        input_ids[i, width - len(ids):] = ids
+        attention[i, width - len(ids):] = 1
+        mm_types[i, width - len(ids):] = mm
+    return VLBatch(input_ids, attention, mm_types, prompts.pixel_values, prompts.image_grid_thw,
+                   prompts.images_per_row, prompts.image_index)
+
+
+def token_budget_batches(lengths: list[int], budget: int) -> list[list[int]]:
+    """Group rows into micro-batches whose padded size (rows × longest row) stays within `budget` tokens.
+
+    Rows are taken longest first, so rows of similar length share a micro-batch and little of
+    each forward is padding; a row longer than the budget gets a micro-batch of its own.
+    """
+    batches, current, longest = [], [], 0
+    for row in sorted(range(len(lengths)), key=lambda r: -lengths[r]):
+        if current and (len(current) + 1) * max(longest, lengths[row]) > budget:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(row)
+        longest = max(longest, lengths[row])
+    return batches + ([current] if current else [])
+
+
+def stream_indices(n_items: int, seed: int, start: int, count: int) -> list[int]:
+    """Items start … start+count−1 of an endless stream of shuffled epochs over n_items.
+
+    Epoch e is a permutation drawn from (seed, e) alone, so any position of the stream is
+    reproducible from its index: resuming needs only the step number, and every rank can take
+    its own slice of the same global batch without communicating.
+    """
+    out = []
+    for k in range(start, start + count):
+        epoch, pos = divmod(k, n_items)
+        out.append(int(_epoch_permutation(n_items, seed, epoch)[pos]))
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(n_items: int, seed: int, epoch: int):
+    return torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
