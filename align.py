@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 import batching
 import data
+import hf_checkpoint
 import model
 import policy_gradient as pg
 import run
@@ -74,14 +75,14 @@ class Args:
     disc_loss: Literal["bce", "bt"] = arg("bce", "pair loss: bce (GAN form, this project's default) or bt (the "
                                                  "release's Bradley-Terry)")
     score_reg: float = arg(1e-3, "λ of the squared-score regulariser", check=NON_NEGATIVE)
-    disc_lr: float = arg(1e-6, "discriminator learning rate (AdamW, constant)", check=POSITIVE)
+    disc_lr: float = arg(1e-6, "discriminator learning rate (AdamW, constant)", check=run.LEARNING_RATE)
     disc_micro_batch: int = arg(16, "student responses per discriminator forward/backward on each rank, each "
                                     "scored with its teacher on both segments", check=AT_LEAST_ONE)
     # policy step (§4.6)
-    lr: float = arg(1e-6, "policy learning rate (AdamW, constant)", check=POSITIVE)
+    lr: float = arg(1e-6, "policy learning rate (AdamW, constant)", check=run.LEARNING_RATE)
     clip_low: float = arg(0.2, "ε_low of the clipped surrogate", check=BELOW_ONE)
     clip_high: float = arg(0.2, "ε_high of the clipped surrogate", check=NON_NEGATIVE)
-    dual_clip: float = arg(3.0, "dual-clip constant c for A < 0; 0 = off", check=NON_NEGATIVE)
+    dual_clip: float = arg(3.0, "dual-clip constant c for A < 0; 0 = off", check=run.DUAL_CLIP)
     micro_batch_tokens: int = arg(8192, "token budget of one policy forward/backward (prompt + response)",
                                   check=AT_LEAST_ONE)
     weight_decay: float = arg(0.01, "AdamW weight decay of both models", check=NON_NEGATIVE)
@@ -269,15 +270,16 @@ def main(args: Args, split: Callable[..., Segments] = split_rollouts) -> None:
         raise run.flag_error("prompts_per_step", args.prompts_per_step, f"must divide by the {d.world_size} ranks")
     run.seed_everything(args.seed + d.rank)  # ranks sample different responses
     out = Path(args.out)
-    processor = model.load_processor(args.policy)
-    if model.load_processor(args.discriminator).tokenizer.get_vocab() != processor.tokenizer.get_vocab():
+    processor = hf_checkpoint.load_processor(args.policy)
+    if hf_checkpoint.load_processor(args.discriminator).tokenizer.get_vocab() != processor.tokenizer.get_vocab():
         raise data.DataError(f"{args.discriminator} and {args.policy} must share one tokenizer: the discriminator "
                              "reads the policy's tokens")
     # Every file is read and checked before any model is loaded: bad data fails here, naming the record.
     prompts = [e for f in args.data for e in data.load_prompts(f, data.control_tokens(processor.tokenizer))]
     for e in prompts:
         e.teacher_response()  # raises, naming the record, if a demonstration is missing
-    prompts, dropped = data.drop_long_prompts(processor, prompts, args.max_prompt_len)
+    prompts, dropped = batching.drop_long_prompts(processor, prompts, args.max_prompt_len)
+    batching.require_some_kept(prompts, dropped, "prompts", "--max-prompt-len", args.max_prompt_len)
     policy = model.Policy.from_pretrained(args.policy, device=d.device)
     disc = model.Discriminator.from_pretrained(args.discriminator, device=d.device)
     if args.gradient_checkpointing:

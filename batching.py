@@ -1,5 +1,7 @@
 """Batching: token rows and the images they show, ready for a forward or for generate.
 
+  - rendering: the chat template, what it renders (one image span per image, in user turns), and
+    the length filters that drop, never truncate;
   - `VLBatch`: rows of tokens with each distinct image stored (and encoded) once;
   - prompts to generate from, SFT conversations with their target masks, discriminator inputs
     (prompt ⊕ segment);
@@ -8,12 +10,113 @@
 
 import dataclasses
 import functools
+import io
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from data import VISION_TOKENS, Conversation, Example, ImageRef, conversation_text, load_image, prompt_text
+from data import VISION_TOKENS, Conversation, DataError, Example, ImageRef, check_aspect, load_image
+
+# ----------------------------------------------------------------------------------------------
+# Rendering: the chat template, what it renders, and length filters
+# ----------------------------------------------------------------------------------------------
+
+
+def chat_messages(system: str, turns: list[tuple[str, str]]) -> list[dict]:
+    """(role, text) turns → chat-template messages; "<image>" becomes an image part in place."""
+    messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+    for role, text in turns:
+        parts = []
+        for j, piece in enumerate(text.split("<image>")):
+            if j:
+                parts.append({"type": "image"})
+            if piece:
+                parts.append({"type": "text", "text": piece})
+        messages.append({"role": role, "content": parts})
+    return messages
+
+
+def _image_tokens(processor, ref: ImageRef, where: str) -> int:
+    """Tokens an image will take, from its header alone (no pixel decoding)."""
+    try:
+        with Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref) as img:
+            width, height = img.size
+        check_aspect(width, height)
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{where}: cannot read image: {e}") from None
+    ip = processor.image_processor
+    return ip.get_number_of_image_patches(height, width) // ip.merge_size**2
+
+
+def _rendered_length(processor, text: str, images: list[ImageRef], where: str) -> int:
+    """Token length of a rendered chat text once each image placeholder is expanded."""
+    n_text = len(processor.tokenizer(text, add_special_tokens=False).input_ids)
+    return n_text - len(images) + sum(_image_tokens(processor, ref, where) for ref in images)
+
+
+def drop_long_prompts(processor, examples: list[Example], max_len: int) -> tuple[list[Example], int]:
+    """Keep prompts of at most max_len tokens (images expanded); the rest are dropped and counted.
+
+    Never truncated: a cut through image tokens would leave features without placeholders.
+    """
+    kept = [e for e in examples
+            if _rendered_length(processor, prompt_text(processor, e), e.images, e.where) <= max_len]
+    return kept, len(examples) - len(kept)
+
+
+def require_some_kept(kept: list, total: int, what: str, flag: str, limit: int) -> None:
+    """After a length filter: a run with nothing left to train on stops here, saying why."""
+    if total and not kept:
+        raise DataError(f"all {total} {what} are longer than {flag} {limit} tokens; nothing is left to train on")
+
+
+def drop_long_conversations(processor, conversations: list[Conversation], max_len: int):
+    """As drop_long_prompts, for SFT conversations: returns (kept, number dropped). Each conversation is first
+    checked as the chat template renders it (check_rendered_images)."""
+    texts = [conversation_text(processor, c) for c in conversations]
+    for c, text in zip(conversations, texts):
+        check_rendered_images(text, len(c.images), c.where)
+    kept = [c for c, text in zip(conversations, texts)
+            if _rendered_length(processor, text, c.images, c.where) <= max_len]
+    return kept, len(conversations) - len(kept)
+
+
+_TURN_START = "<|im_start|>"
+_IMAGE_SPAN = "<|vision_start|>"
+
+
+def check_rendered_images(text: str, n_images: int, where: str) -> None:
+    """A rendered conversation must hold exactly one image span per image, each inside a user turn: a
+    template that drops an image fails the processor hours into a run, and one that renders it in the
+    assistant's turn makes its vision tokens SFT targets."""
+    spans = [k for k in range(len(text)) if text.startswith(_IMAGE_SPAN, k)]
+    if len(spans) != n_images:
+        raise DataError(f"{where}: the chat template renders {len(spans)} image(s) for {n_images} image(s)")
+    for k in spans:
+        turn = text.rfind(_TURN_START, 0, k)
+        if turn >= 0 and not text.startswith(_TURN_START + "user", turn):
+            role = text[turn + len(_TURN_START):].split("\n", 1)[0]
+            raise DataError(f"{where}: the chat template renders an image in a {role} turn; images go in user turns")
+
+
+def prompt_text(processor, e: Example) -> str:
+    return processor.apply_chat_template(chat_messages(e.system, [("user", e.question)]), tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def conversation_text(processor, c: Conversation) -> str:
+    system = next((text for role, text in c.messages if role == "system"), "")
+    turns = [(role, text) for role, text in c.messages if role != "system"]
+    return processor.apply_chat_template(chat_messages(system, turns), tokenize=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Token rows
+# ----------------------------------------------------------------------------------------------
 
 
 @dataclass

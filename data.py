@@ -3,17 +3,19 @@
 Sections, in order:
   - the response format (spec §2): system prompt, validity check, perception/reasoning split;
   - records and the on-disk formats: ShareGPT SFT JSONL, the published RL parquet, warm-up pair
-    JSONL, the evaluation JSONL; every bad input is a DataError naming file, record and problem;
-  - batching: chat template, images, SFT target masks, discriminator inputs, token-budget
-    micro-batches, the data stream.
+    JSONL, the evaluation JSONL; every bad input is a DataError naming file, record and problem.
 
-The answer grader and the verifiable reward live in grading.py; the synthetic task in toy/world.py.
+Rendering (the chat template, length filters), tensors and micro-batches live in batching.py; the
+answer grader and the verifiable reward in grading.py; benchmark schemas in benchmarks.py; the
+synthetic task in toy/world.py.
 """
 
+import ast
 import base64
 import binascii
 import io
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +62,19 @@ def parse_response(text: str) -> ParsedResponse:
     return ParsedResponse(True, m.group(1), m.group(2), _ANSWER.search(m.group(2)).group(1).strip())
 
 
+def caption_items(caption: str) -> list[str]:
+    """The description items of a <caption> block: its bullet lines ("- red circle at top-left"), lower-cased
+    and stripped; the spec's "description items per caption" (§9.4) is their count."""
+    body = caption.removeprefix("<caption>").removesuffix("</caption>")
+    return [" ".join(line.strip()[1:].lower().split()) for line in body.splitlines() if line.strip().startswith("-")]
+
+
+def reasoning_steps(reasoning: str) -> int:
+    """The spec's "number of reasoning steps" (§9.4): the non-empty lines of the <think> block."""
+    think = reasoning.split("</think>")[0].removeprefix("<think>")
+    return sum(1 for line in think.splitlines() if line.strip())
+
+
 def segment_boundary(tokenizer, response_ids: list[int]) -> int | None:
     """Spec §2.3: the smallest k such that decode(response[:k]) contains the caption block, or None.
 
@@ -104,20 +119,32 @@ def split_segments(tokenizer, response_ids: list[int]) -> tuple[list[int], list[
     return response_ids[:b], response_ids[b:], valid
 
 
+def written_response(caption: str, cot: str) -> str:
+    """A written caption and reasoning (a teacher demonstration, a warm-up student) as one response, the
+    way the policy writes it: the caption inside <caption> tags, added where the data leaves them out
+    (the released loader shows no tags, spec §3.5), then the reasoning as written."""
+    caption = caption.strip()
+    if not caption.startswith("<caption>"):
+        caption = f"<caption>\n{caption}\n</caption>"
+    return f"{caption}\n{cot.strip()}"
+
+
 def text_segments(tokenizer, caption: str, cot: str) -> tuple[list[int], list[int]]:
     """A written response (teacher demonstration, warm-up student) → (perception, reasoning) tokens.
 
-    The text caption + "\n" + cot is tokenized, <|im_end|> appended, and split exactly as a
-    rollout is, so teacher and student segments end the same way and the score is read at the
-    same kind of token. Text that does not follow the format is split at the caption/cot seam.
+    written_response(caption, cot) is tokenized, <|im_end|> appended, and split exactly as a rollout
+    is, so teacher and student segments end the same way and the score is read at the same kind of
+    token. A reasoning without the format's tags is split at the caption/cot seam.
     """
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    ids = tokenizer.encode(caption + "\n" + cot, add_special_tokens=False) + [eos]
+    text = written_response(caption, cot)
+    ids = tokenizer.encode(text, add_special_tokens=False) + [eos]
     perception, reasoning, valid = split_segments(tokenizer, ids)
     if valid:
         return perception, reasoning
-    return tokenizer.encode(caption, add_special_tokens=False), \
-        tokenizer.encode("\n" + cot, add_special_tokens=False) + [eos]
+    seam = text.index("</caption>") + len("</caption>")
+    return tokenizer.encode(text[:seam], add_special_tokens=False), \
+        tokenizer.encode(text[seam:], add_special_tokens=False) + [eos]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,7 +164,7 @@ MAX_IMAGE_PIXELS = 64_000_000  # above this an image is refused as a possible de
 MAX_ASPECT_RATIO = 200  # Qwen-VL's image processor refuses anything more elongated
 
 
-def _check_aspect(width: int, height: int) -> None:
+def check_aspect(width: int, height: int) -> None:
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise DataError(f"a {width}×{height} image is more elongated than {MAX_ASPECT_RATIO}:1")
 
@@ -150,7 +177,7 @@ def load_image(ref: ImageRef, where: str) -> Image.Image:
             raise DataError(f"{img.width}×{img.height} pixels is over the {MAX_IMAGE_PIXELS} limit")
         if img.width == 0 or img.height == 0:
             raise DataError("the image is empty")
-        _check_aspect(img.width, img.height)
+        check_aspect(img.width, img.height)
         img.load()
         return img.convert("RGB")
     except DataError as e:
@@ -180,13 +207,16 @@ class Example:
     system: str = SYSTEM_PROMPT
 
     def teacher_response(self) -> str:
-        """The demonstration as one response in the policy's format (tags added where absent)."""
-        if not self.teacher_caption or not self.teacher_cot:
-            raise DataError(f"{self.where}: alignment needs teacher_caption and teacher_cot")
-        caption = self.teacher_caption.strip()
-        if not caption.startswith("<caption>"):
-            caption = f"<caption>\n{caption}\n</caption>"
-        return f"{caption}\n{self.teacher_cot.strip()}"
+        """The demonstration as one response in the policy's format (data.written_response). Alignment
+        refuses one that is missing, blank or not in the format: the discriminator would tell it from the
+        policy's rollouts by form alone."""
+        if not (self.teacher_caption or "").strip() or not (self.teacher_cot or "").strip():
+            raise DataError(f"{self.where}: alignment needs a non-blank teacher_caption and teacher_cot")
+        response = written_response(self.teacher_caption, self.teacher_cot)
+        if not parse_response(response).valid:
+            raise DataError(f"{self.where}: the teacher demonstration does not follow the response format "
+                            "(<caption>…</caption> <think>…</think> <answer>…</answer>)")
+        return response
 
 
 @dataclass
@@ -244,16 +274,22 @@ def _image_ref(value, base: Path, where: str) -> ImageRef:
 
 IMAGE_FIELDS = ("images", "image")  # the spellings the public data sets use
 _IMAGE_LIKE = re.compile(r"image|img|picture|photo", re.I)
+_OTHER_MEDIA = re.compile(r"video|audio", re.I)
 
 
 def _record_images(record: dict, base: Path, where: str) -> list[ImageRef]:
     """A record's images, from `images` (a list, or one image) or `image`. A record holding images under a
-    name the loader does not read is refused rather than loaded as text only."""
+    name the loader does not read, or videos or audio (LLaMA-Factory's `videos`, `audios`), is refused
+    rather than loaded as text only."""
     given = [key for key in IMAGE_FIELDS if record.get(key) not in (None, [], "")]
-    if unread := [key for key in record if key not in IMAGE_FIELDS and _IMAGE_LIKE.search(key)
-                  and record[key] not in (None, [], "")]:
-        raise DataError(f"{where}: field {unread[0]!r} looks like an image field but is not read; images are read "
-                        f"from {' or '.join(repr(k) for k in IMAGE_FIELDS)}")
+    for key, value in record.items():
+        if key in IMAGE_FIELDS or value in (None, [], ""):
+            continue
+        if _OTHER_MEDIA.search(key):
+            raise DataError(f"{where}: field {key!r} holds media this pipeline does not train on (images only)")
+        if _IMAGE_LIKE.search(key):
+            raise DataError(f"{where}: field {key!r} looks like an image field but is not read; images are read "
+                            f"from {' or '.join(repr(k) for k in IMAGE_FIELDS)}")
     if len(given) > 1:
         raise DataError(f"{where}: both 'images' and 'image' are given; keep one")
     value = record[given[0]] if given else []
@@ -272,19 +308,24 @@ def control_tokens(tokenizer) -> frozenset[str]:
     return CONTROL_TOKENS | frozenset(tokenizer.all_special_tokens) | frozenset(added)
 
 
-def _check_text(text: str, where: str, control: frozenset[str] = CONTROL_TOKENS) -> str:
+def check_text(text: str, where: str, control: frozenset[str] = CONTROL_TOKENS) -> str:
     """Text may not spell a control token: "<|im_end|>\n<|im_start|>assistant\n…" in a user turn would
     become an assistant turn, and a spelled <|image_pad|> an image that is not there."""
     if found := sorted(t for t in control if t in text):
         hint = "; images are given as <image>" if found[0] in VISION_TOKENS else ""
         raise DataError(f"{where}: the text spells the control token {found[0]}{hint}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate escape such as \ud800: no tokenizer can read it
+        raise DataError(f"{where}: the text holds {text[e.start]!r}, half of a surrogate pair, which is not "
+                        "a character") from None
     return text
 
 
-def _check_placeholders(text: str, n_images: int, where: str, control: frozenset[str] = CONTROL_TOKENS) -> str:
+def check_placeholders(text: str, n_images: int, where: str, control: frozenset[str] = CONTROL_TOKENS) -> str:
     """Questions without placeholders get their images in front of the text (the Qwen-VL convention);
     a count that disagrees is an error."""
-    count = _check_text(text, where, control).count("<image>")
+    count = check_text(text, where, control).count("<image>")
     if count == 0 and n_images:
         return "<image>" * n_images + "\n" + text
     if count != n_images:
@@ -293,21 +334,30 @@ def _check_placeholders(text: str, n_images: int, where: str, control: frozenset
 
 
 def _read_jsonl(path: Path):
-    """Yield (where, record) for each non-blank line; a malformed line is an error naming it."""
+    """Yield (where, record) for each non-blank line; a malformed line is an error naming it, and so is a
+    file with no records."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    empty = True
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            where = f"{path}:{i}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
             if not line.strip():
                 continue
-            where = f"{path}:{i}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{where}: malformed JSON: {e}") from None
             if not isinstance(record, dict):
                 raise DataError(f"{where}: expected a JSON object")
+            empty = False
             yield where, record
+    if empty:
+        raise DataError(f"{path}: no records")
 
 
 def _field(record: dict, key: str, where: str, kind=str):
@@ -330,6 +380,8 @@ def load_sft(path: str | Path, control: frozenset[str] = CONTROL_TOKENS) -> list
     path = Path(path)
     out = []
     for where, rec in _read_jsonl(path):
+        if "messages" in rec and "conversations" in rec:
+            raise DataError(f"{where}: both 'messages' and 'conversations' are given; keep one")
         key, role_key, text_key = ("messages", "role", "content") if "messages" in rec else \
             ("conversations", "from", "value")
         if key not in rec:
@@ -343,9 +395,12 @@ def load_sft(path: str | Path, control: frozenset[str] = CONTROL_TOKENS) -> list
             if not ok:
                 raise DataError(f"{where}: turn {j} needs {role_key!r} in {sorted(_ROLES)} and a string {text_key!r}")
             role = _ROLES[turn[role_key]]
-            _check_text(turn[text_key], f"{where}: turn {j}", control)
+            check_text(turn[text_key], f"{where}: turn {j}", control)
             if role == "assistant" and not turn[text_key].strip():
                 raise DataError(f"{where}: turn {j} is an empty assistant turn")
+            if role == "system" and j > 0:
+                raise DataError(f"{where}: turn {j} is a system turn; the chat format has one, and only as the "
+                                "first turn")
             if role != "user" and "<image>" in turn[text_key]:
                 raise DataError(f"{where}: turn {j} ({role}) holds an <image> placeholder; images go in user turns")
             messages.append((role, turn[text_key]))
@@ -364,7 +419,7 @@ def load_prompts(path: str | Path, control: frozenset[str] = CONTROL_TOKENS) -> 
 
     Parquet: `prompt` (system/user messages), `images`, `reward_model.ground_truth`, optional
     `teacher_caption` / `teacher_cot`, `extra_info.{index,type}`.
-    JSONL: {"id", "question", "images", "answer", optional "choices", "precision", "type"}.
+    JSONL: {"id", "question", "images", "answer", optional "choices", "precision", "type", "teacher_caption"}.
     An answer may be a list of accepted answers; it stays a list. Images come from `images` or `image`;
     a question with images and no "<image>" placeholder gets them in front of its text.
     """
@@ -374,45 +429,117 @@ def load_prompts(path: str | Path, control: frozenset[str] = CONTROL_TOKENS) -> 
     out = []
     for where, rec in _read_jsonl(path):
         images = _record_images(rec, path.parent, where)
-        question = _check_placeholders(_field(rec, "question", where), len(images), where, control)
+        question = check_placeholders(_field(rec, "question", where), len(images), where, control)
         if "answer" not in rec:
             raise DataError(f"{where}: missing field 'answer'")
-        out.append(Example(str(rec.get("id", where)), question, images, where,
-                           answer=read_answer(rec["answer"], [], f"{where}: field 'answer'"),
-                           choices=read_choices(rec.get("choices"), where),
+        answer = read_answer(rec["answer"], [], f"{where}: field 'answer'")
+        choices = read_choices(rec.get("choices"), f"{where}: choices")
+        check_choice_answer(answer, choices, where)
+        for key in ("teacher_caption", "teacher_cot"):
+            _optional_text(rec, key, where, control)
+        out.append(Example(str(rec.get("id", where)), question, images, where, answer=answer, choices=choices,
                            precision=read_precision(rec.get("precision"), where),
-                           qtype=rec.get("type")))
+                           qtype=read_type(rec.get("type"), where), teacher_caption=rec.get("teacher_caption"),
+                           teacher_cot=rec.get("teacher_cot")))
     return out
 
 
+def _optional_text(rec: dict, key: str, where: str, control: frozenset[str]) -> str | None:
+    if rec.get(key) is not None and not isinstance(rec[key], str):
+        raise DataError(f"{where}: field {key!r} must be str, got {type(rec[key]).__name__}")
+    return check_text(rec[key], f"{where}: {key}", control) if rec.get(key) is not None else None
+
+
 def read_answer(truth, equivalent, where: str) -> str | list[str]:
-    """A ground truth as a string, or the list of accepted answers (the truth and its equivalents)."""
+    """A ground truth as a string, or the list of accepted answers (the truth and its equivalents).
+
+    Lists may be stored as lists or as the text of a Python list of strings ("['Lyon', 'France']", as
+    MMMU stores some); a single string given as the equivalents is one more accepted answer. verl's
+    "__EMPTY__" stands for no answer and is left out; nothing left to grade against is an error.
+    """
     accepted = []
-    for value in (truth if isinstance(truth, list) else [truth]) + list(equivalent or []):
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)) or str(value).strip() == "":
-            raise DataError(f"{where}: an answer must be a non-empty string or number (or a list of them), "
+    equivalent = [equivalent] if isinstance(equivalent, str) else list(equivalent or [])
+    for value in _answer_list(truth) + [v for e in equivalent for v in _answer_list(e)]:
+        bad = isinstance(value, bool) or not isinstance(value, (str, int, float)) or str(value).strip() == "" \
+            or (isinstance(value, float) and not math.isfinite(value))
+        if bad:
+            raise DataError(f"{where}: an answer must be a non-empty string or finite number (or a list of them), "
                             f"got {value!r}"[:200])
-        if value != "__EMPTY__":  # verl's placeholder for "no equivalent answers"
+        if value != "__EMPTY__":
             accepted.append(str(value))
+    if not accepted:
+        raise DataError(f"{where}: no answer to grade against")
     return accepted[0] if len(accepted) == 1 else accepted
 
 
+def _string_list(text: str) -> list[str] | None:
+    """The text of a Python list of strings, read without evaluating code; None for any other text."""
+    if not text.lstrip().startswith("["):
+        return None
+    try:
+        parsed = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return parsed if isinstance(parsed, list) and all(isinstance(v, str) for v in parsed) else None
+
+
+def _answer_list(value) -> list:
+    """An answer field as a list of answers: a list, the text of a Python list of strings, or one answer.
+    "[1, 2]" or "[0, 1)" is an interval or a vector, an answer in itself."""
+    if isinstance(value, str) and (parsed := _string_list(value)) is not None:
+        return parsed
+    return value if isinstance(value, list) else [value]
+
+
 def read_choices(choices, where: str) -> list[str] | None:
+    """Option texts in letter order: a list, or the text of a Python list of strings (as MMMU stores them)."""
     if choices is None:
         return None
+    if isinstance(choices, str):
+        if (parsed := _string_list(choices)) is None:
+            raise DataError(f"{where}: must be a list of option texts or the text of a Python list of them, "
+                            f"got {_shown(choices)!r}")
+        choices = parsed
     if not isinstance(choices, list) or not all(isinstance(c, (str, int, float)) for c in choices):
-        raise DataError(f"{where}: 'choices' must be a list of option texts")
+        raise DataError(f"{where}: must be a list of option texts")
     return [str(c) for c in choices] or None
 
 
+_OPTION_LETTER = re.compile(r"\(?([A-Za-z])\)?(?:[.:]?|[.:)]?\s.*)", re.S)
+
+
+def check_choice_answer(answer: str | list[str], choices: list[str] | None, where: str) -> None:
+    """A multiple-choice truth must name one of the options: its letter ("B", "(B)", "B. text") or its text."""
+    if not choices:
+        return
+    texts = {c.strip().casefold() for c in choices}
+    for truth in answer if isinstance(answer, list) else [answer]:
+        letter = _OPTION_LETTER.fullmatch(truth.strip())
+        named = letter and ord(letter.group(1).upper()) - ord("A") < len(choices)
+        if not named and truth.strip().casefold() not in texts:
+            raise DataError(f"{where}: answer {truth!r} is neither the letter nor the text of one of the "
+                            f"{len(choices)} choices")
+
+
 def read_precision(precision, where: str) -> int | None:
-    """The decimal places an item states (MathVista stores them as floats such as 2.0; NaN = none)."""
+    """The decimal places an item states (MathVista stores them as floats such as 2.0; NaN = none). At most 15:
+    a double holds no more."""
     if precision is None or (isinstance(precision, float) and precision != precision):
         return None
-    if isinstance(precision, bool) or not isinstance(precision, (int, float)) or precision < 0 \
+    if isinstance(precision, bool) or not isinstance(precision, (int, float)) or not 0 <= precision <= 15 \
             or precision != int(precision):
-        raise DataError(f"{where}: 'precision' must be a whole number of decimal places, got {precision!r}")
+        raise DataError(f"{where}: 'precision' must be a whole number of decimal places from 0 to 15, "
+                        f"got {precision!r}")
     return int(precision)
+
+
+def read_type(value, where: str) -> str | None:
+    """A question-type label (results are reported per type): a string, or a number read as one."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise DataError(f"{where}: 'type' must be a string label, got {type(value).__name__}")
 
 
 def read_parquet_rows(path: Path) -> list[dict]:
@@ -427,137 +554,50 @@ def read_parquet_rows(path: Path) -> list[dict]:
 
 def _load_parquet_prompts(path: Path, control: frozenset[str]) -> list[Example]:
     rows = read_parquet_rows(path)
+    if not rows:
+        raise DataError(f"{path}: no rows")
     out = []
     for i, rec in enumerate(rows):
         where = f"{path}:row {i}"
         messages = _field(rec, "prompt", where, list)
-        system = next((m["content"] for m in messages if isinstance(m, dict) and m.get("role") == "system"),
-                      SYSTEM_PROMPT)
-        user = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-        if len(user) != 1 or not isinstance(user[0], str):
-            raise DataError(f"{where}: 'prompt' must hold exactly one user message with string content")
+        roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
+        if roles not in (["user"], ["system", "user"]) or not all(isinstance(m.get("content"), str) for m in messages):
+            raise DataError(f"{where}: 'prompt' must be [system, user] or [user] messages with string content, "
+                            f"got roles {roles}")
+        system = messages[0]["content"] if roles[0] == "system" else SYSTEM_PROMPT
         images = _record_images(rec, path.parent, where)
-        question = _check_placeholders(user[0], len(images), where, control)
-        _check_text(system, f"{where}: system prompt", control)
+        question = check_placeholders(messages[-1]["content"], len(images), where, control)
+        check_text(system, f"{where}: system prompt", control)
         reward_model = rec.get("reward_model") or {}
         truth, equivalent = (reward_model.get("ground_truth"), reward_model.get("equivalent_answers")) \
             if isinstance(reward_model, dict) else (None, None)
         extra = rec.get("extra_info") if isinstance(rec.get("extra_info"), dict) else {}
-        for key in ("teacher_caption", "teacher_cot"):
-            if rec.get(key) is not None and not isinstance(rec[key], str):
-                raise DataError(f"{where}: field {key!r} must be str, got {type(rec[key]).__name__}")
-            _check_text(rec.get(key) or "", f"{where}: {key}", control)
         out.append(Example(str(extra.get("index", i)), question, images, where,
                            answer=None if truth is None else read_answer(truth, equivalent, f"{where}: ground_truth"),
-                           qtype=extra.get("type"),
-                           teacher_caption=rec.get("teacher_caption"), teacher_cot=rec.get("teacher_cot"),
-                           system=system))
+                           qtype=read_type(extra.get("type"), where),
+                           teacher_caption=_optional_text(rec, "teacher_caption", where, control),
+                           teacher_cot=_optional_text(rec, "teacher_cot", where, control), system=system))
     return out
 
 
 def load_pairs(path: str | Path, control: frozenset[str] = CONTROL_TOKENS) -> tuple[list[WarmupPair], int]:
-    """Warm-up pairs (spec §3.5). Lines missing a caption or cot side are skipped and counted."""
+    """Warm-up pairs (spec §3.5). Lines missing a caption or cot side (absent, null or blank) are skipped
+    and counted, as the released loader does; a side that is not text is an error."""
     path = Path(path)
     pairs, skipped = [], 0
     for where, rec in _read_jsonl(path):
-        question = rec.get("prompt") or rec.get("question")
-        if not isinstance(question, str):
+        if "prompt" in rec and "question" in rec:
+            raise DataError(f"{where}: both 'prompt' and 'question' are given; keep one")
+        if rec.get("system") is not None:
+            raise DataError(f"{where}: field 'system' is not read: warm-up prompts use the policy's system prompt")
+        if rec.get("prompt") is None and rec.get("question") is None:
             raise DataError(f"{where}: missing field 'prompt' (or 'question')")
-        texts = [rec.get(k) for k in ("teacher_caption", "student_caption", "teacher_cot", "student_cot")]
-        if not all(isinstance(t, str) and t.strip() for t in texts):
+        question = _field(rec, "prompt" if "prompt" in rec else "question", where)
+        texts = [_optional_text(rec, k, where, control)
+                 for k in ("teacher_caption", "student_caption", "teacher_cot", "student_cot")]
+        if not all(t and t.strip() for t in texts):
             skipped += 1
             continue
-        for text in texts:
-            _check_text(text, where, control)
         images = _record_images(rec, path.parent, where)
-        pairs.append(WarmupPair(_check_placeholders(question, len(images), where, control), images, *texts, where))
+        pairs.append(WarmupPair(check_placeholders(question, len(images), where, control), images, *texts, where))
     return pairs, skipped
-
-
-# ----------------------------------------------------------------------------------------------
-# Prompt building: the chat template, and what it renders
-# ----------------------------------------------------------------------------------------------
-
-
-def chat_messages(system: str, turns: list[tuple[str, str]]) -> list[dict]:
-    """(role, text) turns → chat-template messages; "<image>" becomes an image part in place."""
-    messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
-    for role, text in turns:
-        parts = []
-        for j, piece in enumerate(text.split("<image>")):
-            if j:
-                parts.append({"type": "image"})
-            if piece:
-                parts.append({"type": "text", "text": piece})
-        messages.append({"role": role, "content": parts})
-    return messages
-
-
-def _image_tokens(processor, ref: ImageRef, where: str) -> int:
-    """Tokens an image will take, from its header alone (no pixel decoding)."""
-    try:
-        with Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref) as img:
-            width, height = img.size
-        _check_aspect(width, height)
-    except DataError as e:
-        raise DataError(f"{where}: {e}") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{where}: cannot read image: {e}") from None
-    ip = processor.image_processor
-    return ip.get_number_of_image_patches(height, width) // ip.merge_size**2
-
-
-def _rendered_length(processor, text: str, images: list[ImageRef], where: str) -> int:
-    """Token length of a rendered chat text once each image placeholder is expanded."""
-    n_text = len(processor.tokenizer(text, add_special_tokens=False).input_ids)
-    return n_text - len(images) + sum(_image_tokens(processor, ref, where) for ref in images)
-
-
-def drop_long_prompts(processor, examples: list[Example], max_len: int) -> tuple[list[Example], int]:
-    """Keep prompts of at most max_len tokens (images expanded); the rest are dropped and counted.
-
-    Never truncated: a cut through image tokens would leave features without placeholders.
-    """
-    kept = [e for e in examples
-            if _rendered_length(processor, prompt_text(processor, e), e.images, e.where) <= max_len]
-    return kept, len(examples) - len(kept)
-
-
-def drop_long_conversations(processor, conversations: list[Conversation], max_len: int):
-    """As drop_long_prompts, for SFT conversations: returns (kept, number dropped). Each conversation is first
-    checked as the chat template renders it (check_rendered_images)."""
-    texts = [conversation_text(processor, c) for c in conversations]
-    for c, text in zip(conversations, texts):
-        check_rendered_images(text, len(c.images), c.where)
-    kept = [c for c, text in zip(conversations, texts)
-            if _rendered_length(processor, text, c.images, c.where) <= max_len]
-    return kept, len(conversations) - len(kept)
-
-
-_TURN_START = "<|im_start|>"
-_IMAGE_SPAN = "<|vision_start|>"
-
-
-def check_rendered_images(text: str, n_images: int, where: str) -> None:
-    """A rendered conversation must hold exactly one image span per image, each inside a user turn: a
-    template that drops an image fails the processor hours into a run, and one that renders it in the
-    assistant's turn makes its vision tokens SFT targets."""
-    spans = [k for k in range(len(text)) if text.startswith(_IMAGE_SPAN, k)]
-    if len(spans) != n_images:
-        raise DataError(f"{where}: the chat template renders {len(spans)} image(s) for {n_images} image(s)")
-    for k in spans:
-        turn = text.rfind(_TURN_START, 0, k)
-        if turn >= 0 and not text.startswith(_TURN_START + "user", turn):
-            role = text[turn + len(_TURN_START):].split("\n", 1)[0]
-            raise DataError(f"{where}: the chat template renders an image in a {role} turn; images go in user turns")
-
-
-def prompt_text(processor, e: Example) -> str:
-    return processor.apply_chat_template(chat_messages(e.system, [("user", e.question)]), tokenize=False,
-                                         add_generation_prompt=True)
-
-
-def conversation_text(processor, c: Conversation) -> str:
-    system = next((text for role, text in c.messages if role == "system"), "")
-    turns = [(role, text) for role, text in c.messages if role != "system"]
-    return processor.apply_chat_template(chat_messages(system, turns), tokenize=False)

@@ -13,8 +13,8 @@ plus accuracy per question type where the benchmark has types. Decoding is greed
 every number is reproducible; `--sample` gives the paper's setting (temperature 1.0, top_p 0.7,
 one sample per item), seeded per batch.
 
-Benchmarks: the evaluation JSONL and the RL parquet (data.load_prompts), and local parquet copies
-of MathVista (AI4Math/MathVista, testmini) and MMMU (MMMU/MMMU or lmms-lab/MMMU, validation), told
+Benchmarks (benchmarks.py): the evaluation JSONL and the RL parquet, and local parquet copies of
+MathVista (AI4Math/MathVista, testmini) and MMMU (MMMU/MMMU or lmms-lab/MMMU, validation), told
 apart by their columns. A --data entry may be a quoted glob whose files together form one
 benchmark (MMMU/MMMU ships one parquet per subject).
 
@@ -36,25 +36,22 @@ summary and every item's response, parsed answer, grade, token count and truncat
 prints a markdown table with one row per checkpoint.
 """
 
-import ast
 import dataclasses
-import glob
 import json
-import re
 import statistics
-import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 import batching
+import benchmarks
 import data
 import grading
+import hf_checkpoint
 import model
 import run
 from data import DataError, Example
@@ -85,167 +82,6 @@ class Args:
 
 
 # ----------------------------------------------------------------------------------------------
-# Benchmarks
-# ----------------------------------------------------------------------------------------------
-
-LETTERS = string.ascii_uppercase
-# lmms-eval's mmmu_val post-prompts (spec §8).
-MMMU_CHOICE_PROMPT = "Answer with the option's letter from the given choices directly."
-MMMU_OPEN_PROMPT = "Answer the question using a single word or phrase."
-_MMMU_IMAGE_REF = re.compile(r"<image (\d+)>")
-_MMMU_SUBJECT = re.compile(r"^[a-z]+_(.+)_\d+$")  # "validation_Art_Theory_12" → "Art_Theory"
-
-
-def _require(row: dict, keys: tuple[str, ...], where: str) -> None:
-    missing = [k for k in keys if row.get(k) in (None, "")]
-    if missing:
-        raise DataError(f"{where}: empty or missing {', '.join(missing)}")
-
-
-def _image_bytes(value, where: str) -> bytes:
-    """The encoded image of an HF {"bytes", "path"} struct: parquet exports embed it."""
-    if not isinstance(value, dict) or not isinstance(value.get("bytes"), bytes):
-        raise DataError(f"{where}: an image must be a {{'bytes', 'path'}} struct with embedded bytes")
-    return value["bytes"]
-
-
-def mathvista_examples(path: Path) -> list[Example]:
-    """MathVista rows → examples. The prompt is the dataset's own `query`, which carries the
-    answer-type hint (integer, float with its precision, option letter) and the lettered choices.
-
-    A multiple-choice answer is stored as the option's text and becomes its letter, which the
-    hint asks for. qtype: "multi_choice", else the answer type (integer, float, list, text), the
-    split that shows whether errors concentrate on one answer form.
-    """
-    out = []
-    for i, row in enumerate(data.read_parquet_rows(path)):
-        where = f"{path}:row {i}"
-        _require(row, ("pid", "query", "decoded_image", "answer", "question_type", "answer_type"), where)
-        choices, answer = row.get("choices") or None, row["answer"]
-        if row["question_type"] == "multi_choice":
-            if not choices or answer not in choices:
-                raise DataError(f"{where}: answer {answer!r} is not one of the choices {choices}")
-            answer = LETTERS[choices.index(answer)]
-            qtype = "multi_choice"
-        else:
-            qtype = row["answer_type"]
-        out.append(Example(str(row["pid"]), "<image>\n" + row["query"], [_image_bytes(row["decoded_image"], where)],
-                           where, answer=answer, choices=choices, qtype=qtype,
-                           precision=data.read_precision(row.get("precision"), where)))
-    return out
-
-
-def _list_literal(text: str, where: str) -> list[str]:
-    """A Python list literal of strings (MMMU's `options`, some of its answers), read without evaluating code."""
-    try:
-        values = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        values = None
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise DataError(f"{where}: must be a list literal of strings, got {text[:80]!r}")
-    return values
-
-
-def _place_mmmu_images(text: str, row: dict, where: str) -> tuple[str, list[bytes]]:
-    """Each "<image k>" → "<image>", with image_k's bytes appended to the images in the same order."""
-    images = []
-
-    def place(match: re.Match) -> str:
-        images.append(_image_bytes(row.get(f"image_{match.group(1)}"), f"{where} ({match.group(0)})"))
-        return "<image>"
-
-    return _MMMU_IMAGE_REF.sub(place, text), images
-
-
-def mmmu_examples(path: Path) -> list[Example]:
-    """MMMU rows → examples: question, lettered options and lmms-eval's post-prompt.
-
-    Every "<image k>" reference, in the question or in an option, becomes an image in place, so
-    the images follow the order of reference; an image referenced twice is shown twice, because
-    the text points at it both times. qtype is the subject, as MMMU reports per subject.
-    """
-    out = []
-    for i, row in enumerate(data.read_parquet_rows(path)):
-        where = f"{path}:row {i}"
-        _require(row, ("id", "question", "options", "answer", "question_type"), where)
-        options = _list_literal(row["options"], f"{where}: options")
-        if row["question_type"] == "multiple-choice":
-            if row["answer"] not in LETTERS[:len(options)]:
-                raise DataError(f"{where}: answer {row['answer']!r} is not the letter of one of {len(options)} options")
-            lettered = "\n".join(f"({LETTERS[k]}) {option}" for k, option in enumerate(options))
-            text = f"{row['question']}\n{lettered}\n{MMMU_CHOICE_PROMPT}"
-        else:
-            text = f"{row['question']}\n{MMMU_OPEN_PROMPT}"
-        text, images = _place_mmmu_images(text, row, where)
-        subject = _MMMU_SUBJECT.match(str(row["id"]))
-        # Some open answers are stored as the text of a list of accepted answers: "['Lyon', 'France']".
-        answer = _list_literal(row["answer"], f"{where}: answer") if row["answer"].lstrip().startswith("[") \
-            else row["answer"]
-        out.append(Example(str(row["id"]), text, images, where, answer=answer, choices=options or None,
-                           qtype=subject.group(1) if subject else row.get("subfield")))
-    return out
-
-
-def load_benchmark_file(path: Path) -> list[Example]:
-    """One file's items: JSONL, or a parquet whose columns say which schema it follows."""
-    if path.suffix != ".parquet":
-        return data.load_prompts(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    try:
-        columns = set(pq.read_schema(path).names)
-    except Exception as e:  # pyarrow raises many types for a bad file
-        raise DataError(f"{path}: not a readable parquet file: {e}") from None
-    if {"pid", "decoded_image", "query"} <= columns:
-        return mathvista_examples(path)
-    if {"image_1", "options"} <= columns:
-        return mmmu_examples(path)
-    if {"prompt", "reward_model"} <= columns:
-        return data.load_prompts(path)
-    raise DataError(f"{path}: unknown benchmark schema with columns {sorted(columns)}; expected MathVista "
-                    "(pid, query, decoded_image, …), MMMU (image_1, options, …) "
-                    "or the RL parquet (prompt, reward_model, …)")
-
-
-def expand(entry: str) -> list[Path]:
-    """A --data entry: one file, or every file a glob pattern matches, in sorted order."""
-    if not any(c in entry for c in "*?["):
-        return [Path(entry)]
-    files = sorted(Path(f) for f in glob.glob(entry))
-    if not files:
-        raise DataError(f"{entry}: no file matches")
-    return files
-
-
-def short_names(entries: list[str], flag: str) -> list[str]:
-    """The shortest path endings that tell the entries apart: runs/a/sft/model, runs/a/prism/model → sft/model, …"""
-    parts = [Path(e).parts for e in entries]
-    for k in range(1, max(len(p) for p in parts) + 1):
-        names = ["/".join(p[-k:]) for p in parts]
-        if len(set(names)) == len(names):
-            return names
-    raise DataError(f"the same path is given twice; name each one with {flag}")
-
-
-def load_benchmarks(entries: list[str], names: list[str], limit: int) -> dict[str, tuple[list[Path], list[Example]]]:
-    """name → (files, examples), every file read and checked before any model is loaded."""
-    names = names or short_names(entries, "--data-names")
-    if len(names) != len(entries) or len(set(names)) != len(names):
-        raise DataError(f"--data-names needs {len(entries)} distinct names, got {names}")
-    benchmarks = {}
-    for name, entry in zip(names, entries):
-        files = expand(entry)
-        examples = [e for f in files for e in load_benchmark_file(f)][:limit or None]
-        if not examples:
-            raise DataError(f"{entry}: no items")
-        for e in examples:
-            if e.answer is None:
-                raise DataError(f"{e.where}: no ground-truth answer to grade against")
-        benchmarks[name] = (files, examples)
-    return benchmarks
-
-
-# ----------------------------------------------------------------------------------------------
 # Grading and metrics
 # ----------------------------------------------------------------------------------------------
 
@@ -258,15 +94,27 @@ def grade_item(index: int, example: Example, response: str, tokens: int, truncat
     """
     parsed = data.parse_response(response)
     _, accuracy, fmt = grading.example_reward(response, example)
-    return {"index": index, "id": example.id, "qtype": example.qtype, "truth": example.answer,
-            "response": response, "parsed_answer": parsed.answer if parsed.valid else None,
-            "accuracy": accuracy, "format": fmt, "tokens": tokens, "truncated": truncated}
+    record = {"index": index, "id": example.id, "qtype": example.qtype, "truth": example.answer,
+              "response": response, "parsed_answer": parsed.answer if parsed.valid else None,
+              "accuracy": accuracy, "format": fmt, "tokens": tokens, "truncated": truncated,
+              "caption_items": len(data.caption_items(parsed.caption)) if parsed.valid else None,
+              "reasoning_steps": data.reasoning_steps(parsed.reasoning) if parsed.valid else None}
+    if example.teacher_caption and parsed.valid:
+        # Perception against the item's reference caption: which stated facts are true, which true ones stated.
+        stated, true = data.caption_items(parsed.caption), set(data.caption_items(example.teacher_caption))
+        record |= {"caption_facts_right": sum(item in true for item in stated), "caption_facts_stated": len(stated),
+                   "caption_facts_true": len(true), "caption_right": set(stated) == true}
+    return record
 
 
 def summarise(records: list[dict]) -> dict:
     """A benchmark's metrics from its item records (fractions in [0, 1]).
 
-    accuracy_by_type covers the records that have a qtype: {qtype: {"n", "accuracy"}}.
+    accuracy_by_type covers the records that have a qtype: {qtype: {"n", "accuracy"}}. The structural
+    proxies of spec §9.4 are means over well-formed responses: description items per caption, reasoning
+    steps per <think>. Where items carry a reference caption: caption fact precision (stated facts that
+    are true) and recall (true facts stated), the share of captions exactly right, and accuracy split
+    by whether the caption was right.
     """
     n = len(records)
     tokens = [r["tokens"] for r in records]
@@ -274,7 +122,8 @@ def summarise(records: list[dict]) -> dict:
     for r in records:
         if r["qtype"] is not None:
             by_type.setdefault(r["qtype"], []).append(r["accuracy"])
-    return {
+    well_formed = [r for r in records if r["caption_items"] is not None]
+    summary = {
         "n": n,
         "accuracy": sum(r["accuracy"] for r in records) / n,
         "format_rate": sum(r["format"] for r in records) / n,
@@ -282,7 +131,21 @@ def summarise(records: list[dict]) -> dict:
         "median_tokens": statistics.median(tokens),
         "truncation_rate": sum(r["truncated"] for r in records) / n,
         "accuracy_by_type": {t: {"n": len(acc), "accuracy": sum(acc) / len(acc)} for t, acc in sorted(by_type.items())},
+        "caption_items_mean": statistics.mean(r["caption_items"] for r in well_formed) if well_formed else None,
+        "reasoning_steps_mean": statistics.mean(r["reasoning_steps"] for r in well_formed) if well_formed else None,
     }
+    if captioned := [r for r in records if "caption_right" in r]:
+        right = [r for r in captioned if r["caption_right"]]
+        wrong = [r for r in captioned if not r["caption_right"]]
+        summary |= {
+            "caption_fact_precision": sum(r["caption_facts_right"] for r in captioned) /
+            max(sum(r["caption_facts_stated"] for r in captioned), 1),
+            "caption_fact_recall": sum(r["caption_facts_right"] for r in captioned) /
+            max(sum(r["caption_facts_true"] for r in captioned), 1),
+            "caption_right_rate": len(right) / n,
+            "accuracy_caption_right": sum(r["accuracy"] for r in right) / len(right) if right else None,
+            "accuracy_caption_wrong": sum(r["accuracy"] for r in wrong) / len(wrong) if wrong else None}
+    return summary
 
 
 def markdown_table(summaries: dict[str, dict[str, dict]]) -> str:
@@ -351,25 +214,27 @@ def gather_records(records: list[dict], n_items: int, d: run.Dist) -> list[dict]
 def main(args: Args) -> None:
     # ------------------------------------------------------------------ setup
     d = run.init_distributed(args.device)
-    names = args.policy_names or short_names(args.policy, "--policy-names")
+    names = args.policy_names or benchmarks.short_names(args.policy, "--policy-names")
     if len(names) != len(args.policy) or len(set(names)) != len(names):
         raise DataError(f"--policy-names needs {len(args.policy)} distinct names, got {names}")
     # Every benchmark is read and checked before any model is loaded: bad data fails here, naming the record.
-    benchmarks = load_benchmarks(args.data, args.data_names, args.limit)
+    # No text may spell a control token of any of the checkpoints' tokenizers.
+    processors = [hf_checkpoint.load_processor(path) for path in args.policy]
+    control = frozenset().union(*(data.control_tokens(p.tokenizer) for p in processors))
+    suites = benchmarks.load_benchmarks(args.data, args.data_names, args.limit, control)
     dtype = torch.bfloat16 if args.bf16 and d.device.type == "cuda" else torch.float32
     if d.is_main:
         decoding = f"sampled, T={args.temperature}, top_p={args.top_p}" if args.sample else "greedy"
-        sizes = ", ".join(f"{b} ({len(ex)} items)" for b, (_, ex) in benchmarks.items())
+        sizes = ", ".join(f"{b} ({len(ex)} items)" for b, (_, ex) in suites.items())
         print(f"eval: {len(names)} checkpoints on {sizes}; {decoding}, up to {args.max_new_tokens} new tokens, "
               f"{d.world_size} ranks")
 
     # ------------------------------------------------------------------ generation and grading
     results = {}
-    for name, path in zip(names, args.policy):
-        processor = model.load_processor(path)
+    for name, path, processor in zip(names, args.policy, processors):
         policy = model.Policy.from_pretrained(path, dtype=dtype, device=d.device)
         results[name] = {"model": path, "benchmarks": {}}
-        for bench, (_, examples) in benchmarks.items():
+        for bench, (_, examples) in suites.items():
             t0 = time.time()
             records = gather_records(evaluate_shard(policy, processor, examples, args, d, f"{name}/{bench}"),
                                      len(examples), d)
@@ -386,7 +251,7 @@ def main(args: Args) -> None:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         report = {"settings": dataclasses.asdict(args) | {"world_size": d.world_size},
-                  "benchmarks": {b: [str(f) for f in files] for b, (files, _) in benchmarks.items()},
+                  "benchmarks": {b: [str(f) for f in files] for b, (files, _) in suites.items()},
                   "results": results}
         out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
         print(markdown_table({name: {b: r["summary"] for b, r in res["benchmarks"].items()}

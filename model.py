@@ -1,7 +1,7 @@
 """The network: Qwen3-VL as the policy and as the MoE discriminator.
 
 Everything that touches weights lives here, once:
-  - loading and saving HF-format checkpoints (safetensors only, no remote code);
+  - full state dicts of plain or sharded modules (the directories themselves: hf_checkpoint.py);
   - `Policy`: a Qwen3-VL whose forward returns per-token log-probs of chosen tokens, computed
     from the final hidden states in chunks so that full-vocabulary float32 logits never exist;
   - `Discriminator`: a Qwen3-VL-MoE backbone plus a scalar score head read at the last real token,
@@ -23,64 +23,12 @@ import torch.nn.functional as F
 
 from batching import VLBatch, encode_scored
 from data import VISION_TOKENS, DataError
+from hf_checkpoint import load_hf_model, read_score_head, save_hf_dir, write_score_head
 from run import Dist, all_reduce, barrier
 
 # ----------------------------------------------------------------------------------------------
-# Loading and saving HF checkpoints
+# Full state dicts of plain or FSDP2-sharded modules
 # ----------------------------------------------------------------------------------------------
-
-
-def load_processor(path: str | Path):
-    from transformers import AutoProcessor
-
-    return AutoProcessor.from_pretrained(str(path), trust_remote_code=False)
-
-
-def stored_weight_names(path: Path) -> set[str]:
-    """The tensor names of a directory's safetensors files, read from their headers alone."""
-    from safetensors import safe_open
-
-    names = set()
-    for file in path.glob("*.safetensors"):
-        with safe_open(str(file), framework="pt") as f:
-            names |= set(f.keys())
-    return names
-
-
-def load_hf_model(path: str | Path, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu"):
-    """Any Qwen3-VL / Qwen3-VL-MoE checkpoint (2B … 32B dense, 30B-A3B MoE) from a local directory.
-
-    Weights come only from safetensors and no code from the checkpoint is ever run; dtype "auto" keeps
-    the stored one. Every parameter must come from the checkpoint and every stored tensor must be used:
-    a missing or unexpected weight is a DataError naming it, never a freshly initialised layer trained
-    on. Tied embeddings are recognised wherever the config states them (top level or text_config) when
-    the checkpoint stores no lm_head.
-    """
-    from transformers import AutoConfig, AutoModelForImageTextToText
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise DataError(f"{path}: not an HF model directory (no config.json)")
-    if not any(path.glob("*.safetensors")):
-        raise DataError(f"{path}: no *.safetensors weights (other weight formats are refused)")
-    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    text = config.get_text_config()
-    tied = "lm_head.weight" not in stored_weight_names(path) and \
-        bool(getattr(config, "tie_word_embeddings", False) or getattr(text, "tie_word_embeddings", False))
-    if tied:
-        config.tie_word_embeddings = True
-    model, info = AutoModelForImageTextToText.from_pretrained(
-        str(path), config=config, dtype=dtype, use_safetensors=True, trust_remote_code=False,
-        output_loading_info=True)
-    missing = set(info["missing_keys"]) - ({"lm_head.weight"} if tied else set())
-    for problem, keys in (("missing from the checkpoint", missing), ("in the checkpoint but not in the model",
-                          info["unexpected_keys"]), ("of the wrong shape", info["mismatched_keys"])):
-        if keys:
-            keys = sorted(str(k) for k in keys)
-            raise DataError(f"{path}: weights {problem}: {', '.join(keys[:5])}{' …' if len(keys) > 5 else ''}")
-    return model.to(device)
 
 
 def gather_full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -99,28 +47,6 @@ def load_full_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> N
 
 def _hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k.removeprefix("hf."): v for k, v in state.items() if k.startswith("hf.")}
-
-
-def save_hf_dir(hf_model, state: dict[str, torch.Tensor], processor, out: Path) -> None:
-    """Write an HF directory from a full state dict: what plain transformers and the next stage load.
-
-    The source model's serving files go with the weights unchanged: its generation config (the EOS ids
-    the released Qwen3-VL stops at, its sampling defaults) and the processor's chat template and settings.
-    """
-    import copy
-
-    from transformers import AutoModelForImageTextToText
-
-    with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(hf_model.config)
-    model.load_state_dict(state, strict=True, assign=True)
-    model.tie_weights()
-    model.generation_config = copy.deepcopy(hf_model.generation_config)
-    for sub_config in (model.config.text_config, model.config.vision_config):
-        if hasattr(sub_config, "dtype"):  # set in memory on loading; the top level's dtype describes the weights
-            delattr(sub_config, "dtype")
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,9 +195,6 @@ class Policy(nn.Module):
 # The discriminator: MoE backbone + scalar score head (spec §3.1–§3.2)
 # ----------------------------------------------------------------------------------------------
 
-SCORE_HEAD_FILE = "score_head.safetensors"
-
-
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B,) index of the last real token of each row, for left- or right-padded rows."""
     length = attention_mask.shape[1]
@@ -317,35 +240,28 @@ class Discriminator(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype=torch.float32, device="cpu") -> "Discriminator":
-        from safetensors.torch import load_file
-
         path = Path(path)
         hf = load_hf_model(path, dtype, device)
         if hf.config.model_type != "qwen3_vl_moe":
             raise DataError(f"{path}: a discriminator must be a Qwen3-VL-MoE, got {hf.config.model_type!r} "
                             "(make one with upcycle_moe.py)")
-        if not (path / SCORE_HEAD_FILE).is_file():
-            raise DataError(f"{path}: no {SCORE_HEAD_FILE} (make one with upcycle_moe.py)")
         disc = cls(hf)
-        disc.head.load_state_dict(load_file(str(path / SCORE_HEAD_FILE)))
+        with torch.no_grad():
+            disc.head.weight.copy_(read_score_head(path, hf.config.text_config.hidden_size))
         return disc.to(device=device, dtype=dtype)
 
     def load_weights(self, path: Path) -> None:
         """Fill this (plain or FSDP2-sharded) discriminator with the weights of the directory `path`."""
-        from safetensors.torch import load_file
-
         state = {"hf." + k: v for k, v in load_hf_model(path).state_dict().items()}
-        state["head.weight"] = load_file(str(path / SCORE_HEAD_FILE))["weight"]
+        state["head.weight"] = read_score_head(path, self.config.text_config.hidden_size)
         load_full_state_dict(self, state)
 
     def save_pretrained(self, processor, out: Path, d: Dist) -> None:
         """Collective: every rank calls it; rank 0 writes the MoE HF directory and the score head."""
-        from safetensors.torch import save_file
-
         state = gather_full_state_dict(self)
         if d.is_main:
             save_hf_dir(self.hf, _hf_state(state), processor, out)
-            save_file({"weight": state["head.weight"].contiguous()}, str(out / SCORE_HEAD_FILE))
+            write_score_head(state["head.weight"], out)
         barrier()
 
 

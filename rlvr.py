@@ -41,6 +41,7 @@ import torch
 import batching
 import data
 import grading
+import hf_checkpoint
 import model
 import run
 from policy_gradient import LossConfig, group_advantages, policy_update
@@ -61,6 +62,10 @@ Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
 def per_algo(knob: str) -> str:
     """The help text's list of a knob's published defaults: "default per --algo: grpo 0.2, dapo 0.28, …"."""
     return "default per --algo: " + ", ".join(f"{algo} {preset[knob]}" for algo, preset in PRESETS.items())
+
+
+WARMUP = run.Check("must be a whole number of steps, or a ratio of --steps in [-1, 0)",
+                   lambda v: v == int(v) if v >= 0 else v >= -1)
 
 
 @dataclass
@@ -100,17 +105,17 @@ class Args:
     clip_high: float | None = arg(None, f"ε_high, > ε_low for DAPO's clip-higher ({per_algo('clip_high')})",
                                   check=NON_NEGATIVE)
     dual_clip: float | None = arg(None, f"dual-clip constant c for A < 0; 0 = off ({per_algo('dual_clip')})",
-                                  check=NON_NEGATIVE)
+                                  check=run.DUAL_CLIP)
     loss_agg: Aggregation | None = arg(None, f"loss aggregation over the step ({per_algo('loss_agg')})")
     kl_coef: float = arg(0.0, "KL penalty to the initial policy; 0 loads no reference model (all presets: 0)",
                          check=NON_NEGATIVE)
     kl_estimator: Literal["k1", "k2", "k3"] = arg("k3", "KL estimator")
     mask_truncated: bool = arg(False, "leave responses cut by the length limit out of the loss")
     # optimisation
-    lr: float = arg(1e-6, "policy learning rate (AdamW, constant after warm-up)", check=POSITIVE)
+    lr: float = arg(1e-6, "policy learning rate (AdamW, constant after warm-up)", check=run.LEARNING_RATE)
     weight_decay: float | None = arg(None, f"AdamW weight decay ({per_algo('weight_decay')})", check=NON_NEGATIVE)
     warmup_steps: float | None = arg(None, "linear warm-up steps; a negative value is a ratio of --steps "
-                                           f"({per_algo('warmup_steps')})")
+                                           f"({per_algo('warmup_steps')})", check=WARMUP)
     max_grad_norm: float = arg(1.0, "clip the global gradient norm to this", check=POSITIVE)
     micro_batch_tokens: int = arg(10240, "token budget of one policy forward/backward (prompt + response, padding "
                                          "included); rows of similar length are grouped", check=AT_LEAST_ONE)
@@ -304,12 +309,13 @@ def main(args: Args, reward_fn: RewardFn = grading.example_reward) -> None:
     check_flags(args, d.world_size)
     run.seed_everything(args.seed + d.rank)  # ranks sample different responses
     out = Path(args.out)
-    processor = model.load_processor(args.policy)
+    processor = hf_checkpoint.load_processor(args.policy)
     # Every file is read and checked before any model is loaded: bad data fails here, naming the record.
     prompts = [e for f in args.data for e in data.load_prompts(f, data.control_tokens(processor.tokenizer))]
     if missing := [e.where for e in prompts if e.answer is None]:
         raise data.DataError(f"{missing[0]}: an RL prompt needs a ground-truth answer ({len(missing)} lack one)")
-    prompts, dropped = data.drop_long_prompts(processor, prompts, args.max_prompt_len)
+    prompts, dropped = batching.drop_long_prompts(processor, prompts, args.max_prompt_len)
+    batching.require_some_kept(prompts, dropped, "prompts", "--max-prompt-len", args.max_prompt_len)
     policy = model.Policy.from_pretrained(args.policy, device=d.device)
     if args.gradient_checkpointing:
         policy.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

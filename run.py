@@ -145,6 +145,8 @@ NON_NEGATIVE = Check("must be ≥ 0", lambda v: v >= 0)
 PROBABILITY = Check("must be in (0, 1]", lambda v: 0 < v <= 1)
 FRACTION = Check("must be in [0, 1]", lambda v: 0 <= v <= 1)
 BELOW_ONE = Check("must be in [0, 1)", lambda v: 0 <= v < 1)
+LEARNING_RATE = Check("must be in (0, 1]", lambda v: 0 < v <= 1)  # an AdamW step moves each weight by about lr
+DUAL_CLIP = Check("must be 0 (off) or above 1", lambda v: v == 0 or v > 1)
 
 
 class FlagError(DataError):
@@ -194,6 +196,8 @@ def parse_args(cls, argv=None):
     args = cls(**vars(parser.parse_args(argv)))
     for field in dataclasses.fields(cls):
         value, check = getattr(args, field.name), field.metadata.get("check")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise flag_error(field.name, value, "must be a finite number")
         if check and value is not None and not check.holds(value):
             raise flag_error(field.name, value, check.rule)
     return args
@@ -256,6 +260,13 @@ def clip_and_step(module: nn.Module, optimizer, scheduler, max_norm: float) -> t
 
 class TrainingError(RuntimeError):
     """A run that cannot go on: a corrupted checkpoint, gradients that stay non-finite."""
+
+
+def weights_finite(module: nn.Module, d: Dist) -> bool:
+    """True when every weight of `module` is finite on every rank (a collective). A finite gradient can
+    still make weights inf or NaN, under a learning rate far too large; such weights are never saved."""
+    bad = any(not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in module.parameters())
+    return not global_max(int(bad), d)
 
 
 class RunGuard:
@@ -466,6 +477,9 @@ class TrainingRun:
             self.log.write(step + 1, metrics, bar)
             preempted = self.guard.preempted()
             if preempted or (step + 1) % self.save_every == 0 or step + 1 == total_steps:
+                if broken := [name for name, m in self.models.items() if not weights_finite(m, self.d)]:
+                    raise TrainingError(f"step {step + 1}: the {broken[0]}'s weights are no longer finite (is the "
+                                        "learning rate too large?); nothing was saved")
                 save_checkpoint(self.out, step + 1, self.models, self.optimizers, self.schedulers, self.processor,
                                 self.d, extra=self.progress)
             if preempted:

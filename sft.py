@@ -32,6 +32,7 @@ import torch
 
 import batching
 import data
+import hf_checkpoint
 import model
 import run
 from run import AT_LEAST_ONE, BELOW_ONE, NON_NEGATIVE, POSITIVE, arg
@@ -47,7 +48,7 @@ class Args:
     steps: int = arg(0, "optimizer steps to run; 0 = derive from --epochs", check=NON_NEGATIVE)
     resume: bool = arg(False, "continue from the newest complete checkpoint in --out")
     # optimisation (spec §6: AdamW, lr 1e-5, cosine, warm-up ratio 0.1, one epoch, clip 1.0)
-    lr: float = arg(1e-5, "peak learning rate of the policy", check=POSITIVE)
+    lr: float = arg(1e-5, "peak learning rate of the policy", check=run.LEARNING_RATE)
     weight_decay: float = arg(0.0, "AdamW weight decay", check=NON_NEGATIVE)
     warmup_ratio: float = arg(0.1, "fraction of steps of linear warm-up before the cosine decay", check=BELOW_ONE)
     max_grad_norm: float = arg(1.0, "clip the global gradient norm to this", check=POSITIVE)
@@ -99,11 +100,12 @@ def main(args: Args) -> None:
     d = run.init_distributed(args.device)
     run.seed_everything(args.seed)
     out = Path(args.out)
-    processor = model.load_processor(args.policy)
+    processor = hf_checkpoint.load_processor(args.policy)
     # Every file is read and checked before any model is loaded: bad data fails here, naming the record.
     control = data.control_tokens(processor.tokenizer)
     conversations = [c for f in args.data for c in data.load_sft(f, control)]
-    conversations, dropped = data.drop_long_conversations(processor, conversations, args.max_length)
+    conversations, dropped = batching.drop_long_conversations(processor, conversations, args.max_length)
+    batching.require_some_kept(conversations, dropped, "conversations", "--max-length", args.max_length)
     if not conversations:
         raise data.DataError(f"no usable conversations in {args.data} ({dropped} longer than {args.max_length})")
     policy = model.Policy.from_pretrained(args.policy, device=d.device)

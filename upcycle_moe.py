@@ -50,6 +50,7 @@ import torch
 
 import batching
 import data
+import hf_checkpoint
 import model
 import run
 from run import AT_LEAST_ONE, BELOW_ONE, NON_NEGATIVE, POSITIVE, arg
@@ -97,7 +98,7 @@ class WarmupArgs:
     aux_coef: float = arg(0.01, "coefficient β of the router load-balancing loss", check=NON_NEGATIVE)
     dropout: float = arg(0.1, "dropout before the score head", check=BELOW_ONE)
     # optimisation (spec §3.6: AdamW lr 1e-5, wd 0.01, cosine, warm-up 0.1, one epoch, clip 1.0, 128 per step)
-    disc_lr: float = arg(1e-5, "peak learning rate of the discriminator", check=POSITIVE)
+    disc_lr: float = arg(1e-5, "peak learning rate of the discriminator", check=run.LEARNING_RATE)
     weight_decay: float = arg(0.01, "AdamW weight decay", check=NON_NEGATIVE)
     warmup_ratio: float = arg(0.1, "fraction of steps of linear warm-up before the cosine decay", check=BELOW_ONE)
     max_grad_norm: float = arg(1.0, "clip the global gradient norm to this", check=POSITIVE)
@@ -194,8 +195,9 @@ def upcycle(dense, experts: int = 4, top_k: int = 2, noise_std: float = 0.01, ro
 def main_upcycle(args: UpcycleArgs) -> None:
     if args.top_k > args.experts:
         raise run.flag_error("top_k", args.top_k, f"must be at most --experts {args.experts}")
-    processor = model.load_processor(args.dense)
-    dense = model.load_hf_model(args.dense, dtype="auto" if args.dtype == "auto" else getattr(torch, args.dtype))
+    processor = hf_checkpoint.load_processor(args.dense)
+    dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
+    dense = hf_checkpoint.load_hf_model(args.dense, dtype=dtype)
     if dense.config.model_type != "qwen3_vl":
         raise data.DataError(f"{args.dense}: expected a dense Qwen3-VL, got {dense.config.model_type!r}")
     disc, sources = upcycle(dense, args.experts, args.top_k, args.noise_std, args.router_std, args.aux_coef,
@@ -246,9 +248,9 @@ def drop_long_pairs(processor, pairs: list[data.WarmupPair], max_len: int) -> tu
 
     def conversation(pair, caption, cot):
         return data.Conversation([("system", data.SYSTEM_PROMPT), ("user", pair.question),
-                                  ("assistant", f"{caption}\n{cot}")], pair.images, pair.where)
+                                  ("assistant", data.written_response(caption, cot))], pair.images, pair.where)
 
-    kept = [p for p in pairs if len(data.drop_long_conversations(processor, [
+    kept = [p for p in pairs if len(batching.drop_long_conversations(processor, [
         conversation(p, p.teacher_caption, p.teacher_cot), conversation(p, p.student_caption, p.student_cot)],
         max_len)[0]) == 2]
     return kept, len(pairs) - len(kept)
@@ -332,7 +334,7 @@ def main_warmup(args: WarmupArgs) -> None:
     d = run.init_distributed(args.device)
     run.seed_everything(args.seed)
     out = Path(args.out)
-    processor = model.load_processor(args.discriminator)
+    processor = hf_checkpoint.load_processor(args.discriminator)
     # Every file is read and checked before any model is loaded: bad data fails here, naming the record.
     control = data.control_tokens(processor.tokenizer)
     loaded = [data.load_pairs(f, control) for f in args.data]

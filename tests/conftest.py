@@ -32,9 +32,9 @@ def synth_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def processor(tiny_dir):
-    import model
+    import hf_checkpoint
 
-    return model.load_processor(tiny_dir)
+    return hf_checkpoint.load_processor(tiny_dir)
 
 
 def run_script(args: list[str], nproc: int = 1, timeout: int = 300, env: dict | None = None):

@@ -13,13 +13,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import batching
 import data
+import hf_checkpoint
 import model
 import run
 
 
 def main(model_dir: str, data_file: str, out: str) -> None:
     d = run.init_distributed("cpu")
-    processor = model.load_processor(model_dir)
+    processor = hf_checkpoint.load_processor(model_dir)
     policy = model.shard(model.Policy.from_pretrained(model_dir), d, bf16=False)
     conversations = data.load_sft(data_file)[:4]
     share = len(conversations) // d.world_size

@@ -136,9 +136,9 @@ def test_drop_long_prompts_counts_without_truncating(processor, synth_dir):
     examples = data.load_prompts(synth_dir / "test.jsonl")[:4]
     examples[1].question = examples[1].question + " word" * 400
     lengths = [batching.encode_prompts(processor, [e]).input_ids.shape[1] for e in examples]
-    kept, dropped = data.drop_long_prompts(processor, examples, max_len=max(lengths[0], lengths[2], lengths[3]))
+    kept, dropped = batching.drop_long_prompts(processor, examples, max_len=max(lengths[0], lengths[2], lengths[3]))
     assert dropped == 1 and examples[1] not in kept and len(kept) == 3
-    kept, dropped = data.drop_long_prompts(processor, examples, max_len=max(lengths))
+    kept, dropped = batching.drop_long_prompts(processor, examples, max_len=max(lengths))
     assert dropped == 0
 
 

@@ -13,9 +13,11 @@ from conftest import run_script
 from PIL import Image
 
 import batching
+import benchmarks
 import data
 import eval as evaluation
 import grading
+import hf_checkpoint
 import model
 
 GOOD = "<caption>\n- two shapes\n</caption>\n<think>\nI count them.\n</think>\n<answer>{}</answer>"
@@ -58,7 +60,7 @@ def _stopping_tiny_model(tiny_dir, synth_dir, out):
     token (argmax takes the first of equal logits, and <|im_end|> has the lower id), so responses
     come in several lengths, some truncated."""
     shutil.copytree(tiny_dir, out)
-    hf, processor = model.load_hf_model(out), model.load_processor(out)
+    hf, processor = hf_checkpoint.load_hf_model(out), hf_checkpoint.load_processor(out)
     prompts = batching.encode_prompts(processor, data.load_prompts(synth_dir / "test.jsonl")[:7])
     responses = model.generate_rollouts(model.Policy(hf), prompts, processor.tokenizer, 1, 24, greedy=True).responses()
     counts = Counter(t for r in responses for t in set(r[2:]))  # not the first tokens: keep responses non-empty
@@ -128,7 +130,7 @@ def test_mathvista_rows_become_examples(tmp_path):
     ]
     path = tmp_path / "testmini-00000-of-00001.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
-    choice, number = evaluation.load_benchmark_file(path)
+    choice, number = benchmarks.load_benchmark_file(path)
     assert (choice.id, choice.answer, choice.choices, choice.qtype) == ("1", "B", ["3 cm", "5 cm", "7 cm"],
                                                                         "multi_choice")
     assert choice.question == "<image>\n" + rows[0]["query"] and choice.images == [red]
@@ -147,7 +149,7 @@ def test_mathvista_rows_become_examples(tmp_path):
     rows[0]["answer"] = "6 cm"
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
     with pytest.raises(data.DataError, match="row 0.*not one of the choices"):
-        evaluation.load_benchmark_file(path)
+        benchmarks.load_benchmark_file(path)
 
 
 def _mmmu_table(rows: list[dict]) -> pa.Table:
@@ -174,36 +176,36 @@ def test_mmmu_rows_become_examples(tmp_path):
     ]
     path = tmp_path / "validation-00000-of-00001.parquet"
     pq.write_table(_mmmu_table(rows), path)
-    choice, open_question, listed = evaluation.load_benchmark_file(path)
+    choice, open_question, listed = benchmarks.load_benchmark_file(path)
     assert listed.answer == ["Lyon", "France"]  # the text of a list of accepted answers becomes the list
     assert choice.question == ("Look at <image>. Which sketch shows the same style?\n(A) <image>\n(B) <image>\n"
-                               "(C) Neither\n" + evaluation.MMMU_CHOICE_PROMPT)
+                               "(C) Neither\n" + benchmarks.MMMU_CHOICE_PROMPT)
     assert choice.images == [imgs[1], imgs[2], imgs[3]]
     assert (choice.answer, choice.choices, choice.qtype) == ("B", ["<image 2>", "<image 3>", "Neither"], "Art_Theory")
     assert open_question.question == ("Is <image> larger than <image>? By how much is <image> wider?\n"
-                                      + evaluation.MMMU_OPEN_PROMPT)
+                                      + benchmarks.MMMU_OPEN_PROMPT)
     assert open_question.images == [imgs[2], imgs[1], imgs[2]]  # in order of reference, repeats included
     assert (open_question.answer, open_question.choices, open_question.qtype) == ("12", None, "Math")
 
     # Options are read as a literal, never run; a reference to a missing image and a letter out of range fail.
-    for change, message in [({"options": "__import__('os').getcwd()"}, "list literal"),
+    for change, message in [({"options": "__import__('os').getcwd()"}, "options: must be a list of option texts or"),
                             ({"question": "See <image 4>."}, r"row 0 \(<image 4>\).*embedded bytes"),
                             ({"answer": "D"}, "not the letter of one of 3 options")]:
         pq.write_table(_mmmu_table([rows[0] | change]), path)
         with pytest.raises(data.DataError, match=message):
-            evaluation.load_benchmark_file(path)
+            benchmarks.load_benchmark_file(path)
 
 
 def test_unknown_parquet_schema_names_the_file_and_its_columns(tmp_path):
     path = tmp_path / "mystery.parquet"
     pq.write_table(pa.table({"question": ["q"], "label": ["a"]}), path)
     with pytest.raises(data.DataError, match=r"mystery.parquet: unknown benchmark schema.*\['label', 'question'\]"):
-        evaluation.load_benchmark_file(path)
+        benchmarks.load_benchmark_file(path)
 
 
 def test_default_names_are_the_shortest_distinct_path_endings():
-    assert evaluation.short_names(["runs/d/sft/model", "runs/d/prism/model"], "--policy-names") == ["sft/model",
+    assert benchmarks.short_names(["runs/d/sft/model", "runs/d/prism/model"], "--policy-names") == ["sft/model",
                                                                                               "prism/model"]
-    assert evaluation.short_names(["ckpt/A", "ckpt/B"], "--policy-names") == ["A", "B"]
+    assert benchmarks.short_names(["ckpt/A", "ckpt/B"], "--policy-names") == ["A", "B"]
     with pytest.raises(data.DataError, match="--policy-names"):
-        evaluation.short_names(["ckpt/A", "ckpt/A"], "--policy-names")
+        benchmarks.short_names(["ckpt/A", "ckpt/A"], "--policy-names")

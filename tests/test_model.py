@@ -8,6 +8,7 @@ from conftest import run_script
 
 import batching
 import data
+import hf_checkpoint
 import model
 import run
 from toy.models import QWEN3VL_SHAPES, SPECIAL_TOKENS, real_config
@@ -57,11 +58,11 @@ def test_refuses_weights_that_are_not_safetensors(tiny_dir, tmp_path):
 
     bad = tmp_path / "pickled"
     shutil.copytree(tiny_dir, bad)
-    sd = {k: v for k, v in model.load_hf_model(tiny_dir).state_dict().items()}
+    sd = {k: v for k, v in hf_checkpoint.load_hf_model(tiny_dir).state_dict().items()}
     (bad / "model.safetensors").unlink()
     torch.save(sd, bad / "pytorch_model.bin")
     with pytest.raises(data.DataError, match="safetensors"):
-        model.load_hf_model(bad)
+        hf_checkpoint.load_hf_model(bad)
 
 
 def test_chunked_logprobs_match_full_log_softmax_with_gradients():
@@ -202,8 +203,8 @@ def test_fsdp2_two_processes_match_one(tiny_dir, synth_dir, tmp_path):
     worst = max((one["grads"][k] - two["grads"][k]).abs().max().item() for k in one["grads"])
     print(f"loss {one['loss']:.6f} vs {two['loss']:.6f}; max grad diff {worst:.2e}")
     assert worst < 1e-5
-    a = model.load_hf_model(tmp_path / "one" / "saved").state_dict()
-    b = model.load_hf_model(tmp_path / "two" / "saved").state_dict()
+    a = hf_checkpoint.load_hf_model(tmp_path / "one" / "saved").state_dict()
+    b = hf_checkpoint.load_hf_model(tmp_path / "two" / "saved").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -23,6 +23,7 @@ import json
 import os
 import pickle
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -42,6 +43,7 @@ from PIL import Image
 import batching
 import data
 import grading
+import hf_checkpoint
 import model
 import upcycle_moe
 from run import (
@@ -143,7 +145,7 @@ def max_diff(a: dict, b: dict) -> float:
 
 
 def policy_weights(path: Path) -> dict:
-    return model.load_hf_model(path).state_dict()
+    return hf_checkpoint.load_hf_model(path).state_dict()
 
 
 def ckpt_dir(out: Path, step: int) -> Path:
@@ -183,7 +185,7 @@ def sft_ref(sft_ref_run) -> Path:
 @pytest.fixture(scope="module")
 def disc_dir(tiny_dir, processor, tmp_path_factory) -> Path:
     """A float32 discriminator upcycled in-process (the CLI is tested in tests/test_upcycle.py)."""
-    disc, _ = upcycle_moe.upcycle(model.load_hf_model(tiny_dir), seed=0)
+    disc, _ = upcycle_moe.upcycle(hf_checkpoint.load_hf_model(tiny_dir), seed=0)
     out = tmp_path_factory.mktemp("disc") / "disc"
     disc.save_pretrained(processor, out, Dist())
     return out
@@ -439,7 +441,7 @@ def refused_resumes(sft_ref, disc_dir, processor, tiny_dir, synth_dir, tmp_path_
     optimizer, scheduler = make_optimizer(disc, 1e-3, 0.01, 4, 1)
     ckpt = save_checkpoint(outs["warmup"], 1, *[{"discriminator": x} for x in (disc, optimizer, scheduler)],
                                  processor, Dist())
-    flip_bytes(ckpt / "discriminator" / model.SCORE_HEAD_FILE)
+    flip_bytes(ckpt / "discriminator" / hf_checkpoint.SCORE_HEAD_FILE)
     runs["warmup"] = start(["upcycle_moe.py", "warmup", "--discriminator", disc_dir, "--data",
                             synth_dir / "pairs.jsonl", "--out", outs["warmup"], "--steps", 4, "--resume"],
                            root / "warmup.log")
@@ -478,7 +480,7 @@ def test_a_damaged_manifest_is_a_named_error(sft_ref, tmp_path):
 def test_warmup_reports_a_corrupted_checkpoint_without_a_traceback(refused_resumes):
     _, done = refused_resumes["warmup"]
     assert done.returncode != 0
-    assert f"discriminator/{model.SCORE_HEAD_FILE}" in done.stderr
+    assert f"discriminator/{hf_checkpoint.SCORE_HEAD_FILE}" in done.stderr
     no_traceback(done.stderr)
 
 
@@ -510,8 +512,8 @@ def test_remote_code_in_a_model_directory_is_never_run(tiny_dir, tmp_path):
                            ("processor_config.json", {"AutoProcessor": "evil.Processor"})):
         config = json.loads((evil / name).read_text())
         (evil / name).write_text(json.dumps(config | {"auto_map": auto_map}))
-    assert type(model.load_hf_model(evil)).__name__ == "Qwen3VLForConditionalGeneration"
-    assert type(model.load_processor(evil)).__name__ == "Qwen3VLProcessor"
+    assert type(hf_checkpoint.load_hf_model(evil)).__name__ == "Qwen3VLForConditionalGeneration"
+    assert type(hf_checkpoint.load_processor(evil)).__name__ == "Qwen3VLProcessor"
     assert not marker.exists()
     subprocess.run([sys.executable, str(evil / "evil.py")], check=True)  # the module does run when imported
     assert marker.exists()
@@ -606,6 +608,7 @@ def test_rlvr_rank_whose_dynamic_sampling_keeps_nothing_stays_in_lockstep(tiny_d
     order = batching.stream_indices(len(records), 0, 0, 8)
     for k, i in enumerate(order):
         records[i]["answer"] = ("NEVER", "ALWAYS")[k % 2] if k % 4 >= 2 else "5"
+        records[i]["choices"] = None  # the scripted answers name no option
     for r in records:
         r["images"] = [str(synth_dir / image) for image in r["images"]]
     prompts = tmp_path / "prompts.jsonl"
@@ -732,7 +735,7 @@ def test_an_extreme_aspect_ratio_image_is_a_named_error(processor):
     Image.new("RGB", (1, 4000)).save(buffer, "PNG")
     example = data.Example("x", "<image>\nQ?", [buffer.getvalue()], "f.jsonl:7", answer="1")
     with pytest.raises(data.DataError, match="f.jsonl:7"):
-        data.drop_long_prompts(processor, [example], 4096)
+        batching.drop_long_prompts(processor, [example], 4096)
     with pytest.raises(data.DataError, match="f.jsonl:7"):
         batching.encode_prompts(processor, [example])
 
@@ -756,7 +759,7 @@ def test_parquet_columns_of_the_wrong_type_are_named(tmp_path):
     for columns, message in (({"prompt": ["Q?"], "images": [[]]}, "field 'prompt' must be list, got str"),
                              ({"prompt": [user], "images": [[3]]}, "an image entry must be a path or bytes, got int"),
                              ({"prompt": [[{"role": "user", "content": 5}]], "images": [[]]},
-                              "'prompt' must hold exactly one user message with string content")):
+                              "'prompt' must be [system, user] or [user] messages with string content")):
         pq.write_table(pa.table(columns), tmp_path / "x.parquet")
-        with pytest.raises(data.DataError, match=r"x.parquet:row 0: " + message.replace("(", r"\(")):
+        with pytest.raises(data.DataError, match=r"x.parquet:row 0: " + re.escape(message)):
             data.load_prompts(tmp_path / "x.parquet")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import run_script
 
-import model
+import hf_checkpoint
 import rlvr
 
 
@@ -46,7 +46,9 @@ def test_each_algorithm_runs_with_finite_metrics(tiny_dir, synth_dir, tmp_path, 
 
 def _prompts_file(tmp_path, synth_dir, answers):
     lines = (synth_dir / "test.jsonl").read_text().splitlines()
-    records = [json.loads(line) | {"answer": a, "images": [str(synth_dir / json.loads(line)["images"][0])]}
+    # The scripted answers name no option, so the items are asked without choices.
+    records = [json.loads(line) | {"answer": a, "choices": None,
+                                   "images": [str(synth_dir / json.loads(line)["images"][0])]}
                for line, a in zip(lines, answers)]
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -86,8 +88,8 @@ def test_resume_equals_an_uninterrupted_run(tiny_dir, synth_dir, tmp_path):
         shutil.rmtree(tmp_path / "resumed" / "checkpoints" / name)
     shutil.rmtree(tmp_path / "resumed" / "model")
     run_script(args + ["--out", tmp_path / "resumed", "--resume"])
-    a = model.load_hf_model(tmp_path / "full" / "model").state_dict()
-    b = model.load_hf_model(tmp_path / "resumed" / "model").state_dict()
+    a = hf_checkpoint.load_hf_model(tmp_path / "full" / "model").state_dict()
+    b = hf_checkpoint.load_hf_model(tmp_path / "resumed" / "model").state_dict()
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     untimed = lambda rows: [{k: v for k, v in m.items() if not k.startswith("time/")} for m in rows]  # noqa: E731
     assert untimed(_metrics(tmp_path / "full")) == untimed(_metrics(tmp_path / "resumed"))

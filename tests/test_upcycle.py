@@ -14,6 +14,7 @@ from conftest import run_script
 
 import batching
 import data
+import hf_checkpoint
 import model
 import run
 import upcycle_moe
@@ -32,7 +33,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def dense(tiny_dir):
-    return model.load_hf_model(tiny_dir)
+    return hf_checkpoint.load_hf_model(tiny_dir)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from data import FORMAT_TAGS
-from model import load_hf_model
+from hf_checkpoint import load_hf_model
 from toy.world import synthetic_corpus
 
 SPECIAL_TOKENS = [

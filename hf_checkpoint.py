@@ -1,0 +1,172 @@
+"""HF checkpoint directories in and out: what every stage reads its models from and writes them to.
+
+A directory holds config.json, safetensors weights, the processor's files (tokenizer, chat
+template, image processor), generation_config.json, and for a discriminator its score head.
+Only safetensors are read and no code from a checkpoint is ever run. Everything that can be wrong
+with a directory — unreadable JSON, a truncated weight file, a missing, unexpected or misshapen
+tensor, no tokenizer or chat template — is a DataError naming the directory and the problem,
+found before any training step; transformers' own load report is silenced, since ours replaces it.
+"""
+
+import contextlib
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+from data import DataError
+
+QWEN3VL_TYPES = ("qwen3_vl", "qwen3_vl_moe")
+SCORE_HEAD_FILE = "score_head.safetensors"
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers at error level only: its loading table and warnings would stand beside our one-line error."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def read_config(path: Path) -> dict:
+    """config.json as a dict; it must be JSON and describe a Qwen3-VL or Qwen3-VL-MoE."""
+    file = path / "config.json"
+    if not file.is_file():
+        raise DataError(f"{path}: not an HF model directory (no config.json)")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{file}: not valid JSON: {e}") from None
+    if not isinstance(config, dict) or config.get("model_type") not in QWEN3VL_TYPES:
+        found = config.get("model_type") if isinstance(config, dict) else None
+        raise DataError(f"{file}: model_type {found!r} is not one of {', '.join(QWEN3VL_TYPES)}")
+    return config
+
+
+def load_processor(path: str | Path):
+    """The checkpoint's processor: tokenizer, chat template and image processor, all required."""
+    from transformers import AutoProcessor
+
+    path = Path(path)
+    read_config(path)
+    try:
+        with _quiet_transformers():
+            processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=False)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path}: cannot load the processor (tokenizer, image processor): {first}") from None
+    if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
+        raise DataError(f"{path}: the processor has no tokenizer and image processor; a Qwen3-VL one is needed")
+    if not processor.chat_template:
+        raise DataError(f"{path}: no chat template (chat_template.jinja); prompts cannot be rendered")
+    return processor
+
+
+def stored_weight_names(path: Path) -> set[str]:
+    """The tensor names of a directory's safetensors files, read from their headers alone."""
+    from safetensors import safe_open
+
+    names = set()
+    for file in sorted(path.glob("*.safetensors")):
+        if file.name == SCORE_HEAD_FILE:
+            continue
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                names |= set(f.keys())
+        except Exception as e:  # safetensors raises its own error types for a damaged header
+            raise DataError(f"{file}: not a readable safetensors file: {e}") from None
+    return names
+
+
+def load_hf_model(path: str | Path, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu"):
+    """Any Qwen3-VL / Qwen3-VL-MoE checkpoint (2B … 32B dense, 30B-A3B MoE) from a local directory.
+
+    dtype "auto" keeps the stored one. Every parameter must come from the checkpoint and every stored
+    tensor must be used, at its shape: a missing, unexpected or misshapen weight is a DataError naming
+    it, never a freshly initialised layer trained on. Tied embeddings are recognised wherever the
+    config states them (top level or text_config) when the checkpoint stores no lm_head. Layout
+    conversions transformers knows (the released MoE's transposed experts) are applied on the way in.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    path = Path(path)
+    config_dict = read_config(path)
+    stored = stored_weight_names(path)
+    if not stored:
+        raise DataError(f"{path}: no *.safetensors weights (other weight formats are refused)")
+    try:
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise DataError(f"{path}/config.json: not a usable {config_dict['model_type']} config: {e}") from None
+    text = config.get_text_config()
+    tied = "lm_head.weight" not in stored and \
+        bool(getattr(config, "tie_word_embeddings", False) or getattr(text, "tie_word_embeddings", False))
+    if tied:
+        config.tie_word_embeddings = True
+    try:
+        with _quiet_transformers():
+            model, info = AutoModelForImageTextToText.from_pretrained(
+                str(path), config=config, dtype=dtype, use_safetensors=True, trust_remote_code=False,
+                output_loading_info=True, ignore_mismatched_sizes=True)
+    except Exception as e:  # safetensors and torch raise their own types for a damaged file
+        raise DataError(f"{path}: cannot read the weights: {str(e).strip().splitlines()[0]}") from None
+    missing = set(info["missing_keys"]) - ({"lm_head.weight"} if tied else set())
+    mismatched = [f"{name} (stored {tuple(a)}, expected {tuple(b)})" for name, a, b in info["mismatched_keys"]]
+    for problem, keys in (("missing from the checkpoint", missing), ("in the checkpoint but not in the model",
+                          info["unexpected_keys"]), ("of the wrong shape", mismatched)):
+        if keys:
+            keys = sorted(str(k) for k in keys)
+            raise DataError(f"{path}: weights {problem}: {', '.join(keys[:5])}{' …' if len(keys) > 5 else ''}")
+    return model.to(device)
+
+
+def save_hf_dir(hf_model, state: dict[str, torch.Tensor], processor, out: Path) -> None:
+    """Write an HF directory from a full state dict: what plain transformers and the next stage load.
+
+    The source model's serving files go with the weights unchanged: its generation config (the EOS ids
+    the released Qwen3-VL stops at, its sampling defaults) and the processor's chat template and settings.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(hf_model.config)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.tie_weights()
+    model.generation_config = copy.deepcopy(hf_model.generation_config)
+    for sub_config in (model.config.text_config, model.config.vision_config):
+        if hasattr(sub_config, "dtype"):  # set in memory on loading; the top level's dtype describes the weights
+            delattr(sub_config, "dtype")
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def read_score_head(path: Path, hidden_size: int) -> torch.Tensor:
+    """The discriminator's score head w, (1, H), from path/score_head.safetensors."""
+    from safetensors.torch import load_file
+
+    file = path / SCORE_HEAD_FILE
+    if not file.is_file():
+        raise DataError(f"{path}: no {SCORE_HEAD_FILE} (make one with upcycle_moe.py)")
+    try:
+        state = load_file(str(file))
+    except Exception as e:  # safetensors raises its own error types for a damaged file
+        raise DataError(f"{file}: not a readable safetensors file: {e}") from None
+    weight = state.get("weight")
+    if set(state) != {"weight"} or tuple(weight.shape) != (1, hidden_size):
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        raise DataError(f"{file}: expected one tensor 'weight' of shape (1, {hidden_size}), got {shapes}")
+    return weight
+
+
+def write_score_head(weight: torch.Tensor, out: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"weight": weight.contiguous()}, str(out / SCORE_HEAD_FILE))
