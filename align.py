@@ -17,6 +17,10 @@ trained to tell them apart. One step (`alignment_step`), in the release's order 
        with ℓ the BCE (default) or Bradley-Terry pair loss and R the mean squared score
     6. one policy step: PPO-clip 0.2, token-mean, no KL, no entropy term — RLVR's update     (§4.6)
 
+The paper's ablations (§9.2) by flag: a dense discriminator is `upcycle_moe.py --experts 1`; with
+--disc-text-only the discriminator reads each prompt without its images (system prompt and question
+text, no vision token) while the policy still sees them.
+
 Usage:
     # CPU, the tiny world (see `make demo`)
     python align.py --policy runs/demo/sft/model --discriminator runs/demo/disc/discriminator \
@@ -78,6 +82,9 @@ class Args:
     disc_lr: float = arg(1e-6, "discriminator learning rate (AdamW, constant)", check=run.LEARNING_RATE)
     disc_micro_batch: int = arg(16, "student responses per discriminator forward/backward on each rank, each "
                                     "scored with its teacher on both segments", check=AT_LEAST_ONE)
+    disc_text_only: bool = arg(False, "the discriminator reads the prompt without its images: system prompt and "
+                                      "question text, no vision token (the text-only ablation); the policy still "
+                                      "sees them")
     # policy step (§4.6)
     lr: float = arg(1e-6, "policy learning rate (AdamW, constant)", check=run.LEARNING_RATE)
     clip_low: float = arg(0.2, "ε_low of the clipped surrogate", check=BELOW_ONE)
@@ -87,6 +94,9 @@ class Args:
                                   check=AT_LEAST_ONE)
     weight_decay: float = arg(0.01, "AdamW weight decay of both models", check=NON_NEGATIVE)
     max_grad_norm: float = arg(1.0, "clip each model's global gradient norm to this", check=POSITIVE)
+    freeze_vision: bool = arg(False, "freeze the vision tower (patch embedding, position embedding, blocks) of both "
+                                     "models")
+    freeze_merger: bool = arg(False, "freeze the vision-language merger and the DeepStack mergers of both models")
     gradient_checkpointing: bool = arg(False, "recompute decoder activations in backward to save memory")
     bf16: bool = arg(False, "bf16 compute on GPU")
     compile_decode: bool = arg(False, "static KV cache and a torch.compile'd decode step in generate (CUDA graphs "
@@ -167,6 +177,20 @@ class Segments:
     teacher: list[tuple[list[int], list[int]]]  # G prompts
 
 
+def discriminator_prompts(processor, rollouts: model.Rollouts, examples: list[data.Example],
+                          text_only: bool) -> tuple[batching.VLBatch, int]:
+    """What the discriminator reads before each prompt's segments: G rows and their padded width.
+
+    By default the rollouts' own prompt rows (images included); text_only: the prompts re-rendered
+    without their images (batching.without_images), so no vision token reaches the discriminator.
+    """
+    if text_only:
+        prompts = batching.encode_prompts(processor, [batching.without_images(e) for e in examples])
+        return prompts, prompts.input_ids.shape[1]
+    firsts = [int((rollouts.group == g).nonzero()[0]) for g in range(len(examples))]
+    return rollouts.batch.select(firsts), rollouts.prompt_len
+
+
 def split_rollouts(rollouts: model.Rollouts, examples: list[data.Example], tokenizer) -> Segments:
     """Step 2: each rollout's perception and reasoning segments, and the teacher's for each prompt."""
     splits = [data.split_segments(tokenizer, ids) for ids in rollouts.responses()]
@@ -174,13 +198,14 @@ def split_rollouts(rollouts: model.Rollouts, examples: list[data.Example], token
     return Segments([s[:2] for s in splits], torch.tensor([s[2] for s in splits]), teacher)
 
 
-def score_rollouts(disc, rollouts: model.Rollouts, segs: Segments, rows: list[int], pad_id: int, args: Args,
-                   d: run.Dist) -> model.SegmentScores:
-    """Clipped scores of rollouts `rows` and of their prompts' teachers, in one forward."""
+def score_rollouts(disc, prompts: tuple[batching.VLBatch, int], rollouts: model.Rollouts, segs: Segments,
+                   rows: list[int], pad_id: int, args: Args, d: run.Dist) -> model.SegmentScores:
+    """Clipped scores of rollouts `rows` and of their prompts' teachers, in one forward; `prompts` is
+    discriminator_prompts()."""
     groups = rollouts.group[rows].tolist()
     distinct = sorted(set(groups))
-    firsts = [rows[groups.index(g)] for g in distinct]  # one row per prompt: its prompt tokens and images
-    scores, _ = model.score_segments(disc, rollouts.batch.select(firsts), rollouts.prompt_len,
+    batch, prompt_len = prompts
+    scores, _ = model.score_segments(disc, batch.select(distinct).to(d.device), prompt_len,
                                      [segs.teacher[g] for g in distinct], [segs.student[r] for r in rows],
                                      [distinct.index(g) for g in groups], pad_id, args.score_clip, d, args.bf16)
     return scores
@@ -213,12 +238,13 @@ def alignment_step(policy, disc, optimizers: dict, schedulers: dict, processor, 
     # 2. Validate the format and split every rollout into its two segments.
     segs = split(rollouts, examples, tokenizer)
     B = len(segs.valid)
+    prompts = discriminator_prompts(processor, rollouts, examples, args.disc_text_only)
 
     # 3. Reward: D in eval mode, before its update. Malformed rollouts are scored too (and their
     #    scores discarded) so that every rank runs the same forwards.
     disc.eval()
     with torch.no_grad():
-        scores = model.SegmentScores.cat([score_rollouts(disc, rollouts, segs, rows, pad_id, args, d)
+        scores = model.SegmentScores.cat([score_rollouts(disc, prompts, rollouts, segs, rows, pad_id, args, d)
                                           for rows in chunks(B, args.disc_micro_batch)])
     r_cap, r_rea = scores.student_perception.cpu() * segs.valid, scores.student_reasoning.cpu() * segs.valid
 
@@ -232,7 +258,7 @@ def alignment_step(policy, disc, optimizers: dict, schedulers: dict, processor, 
     n_valid, n_rows = run.global_sum(segs.valid.sum().item(), d), run.global_sum(B, d)
     disc_loss = 0.0
     for rows in chunks(B, args.disc_micro_batch):
-        s = score_rollouts(disc, rollouts, segs, rows, pad_id, args, d)
+        s = score_rollouts(disc, prompts, rollouts, segs, rows, pad_id, args, d)
         loss = discriminator_loss(s.teacher_perception, s.student_perception, s.teacher_reasoning,
                                   s.student_reasoning, segs.valid[rows].to(d.device),
                                   model.DISCRIMINATOR_LOSSES[args.disc_loss], n_valid, n_rows, args.score_reg)
@@ -282,6 +308,10 @@ def main(args: Args, split: Callable[..., Segments] = split_rollouts) -> None:
     batching.require_some_kept(prompts, dropped, "prompts", "--max-prompt-len", args.max_prompt_len)
     policy = model.Policy.from_pretrained(args.policy, device=d.device)
     disc = model.Discriminator.from_pretrained(args.discriminator, device=d.device)
+    for m in (policy, disc):
+        model.freeze_vision(m.hf, args.freeze_vision, args.freeze_merger)
+    if args.disc_text_only:  # its vision encoder never runs: no gradient, no optimizer state to save
+        model.freeze_vision(disc.hf, True, True)
     if args.gradient_checkpointing:
         for m in (policy, disc):
             m.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -296,7 +326,8 @@ def main(args: Args, split: Callable[..., Segments] = split_rollouts) -> None:
                                 "response/length_mean", "time/rollout_s"))
     if d.is_main:
         print(f"PRISM alignment: {len(prompts)} prompts ({dropped} too long, dropped), {args.prompts_per_step} × "
-              f"{args.rollouts_per_prompt} rollouts per step, {args.disc_loss} discriminator loss, α = {args.alpha}")
+              f"{args.rollouts_per_prompt} rollouts per step, {args.disc_loss} discriminator loss, α = {args.alpha}; "
+              f"discriminator {disc.describe()}{', text only' if args.disc_text_only else ''}")
 
     def step(k: int) -> dict:
         picked = batching.stream_indices(len(prompts), args.seed, k * args.prompts_per_step, args.prompts_per_step)

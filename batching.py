@@ -227,6 +227,13 @@ def _encode(processor, texts: list[str], images: list[list[ImageRef]], wheres: l
                    torch.arange(len(flat)))
 
 
+def without_images(example: Example) -> Example:
+    """The prompt a text-only discriminator reads (the paper's ablation, spec §9.2): the same system prompt
+    and question with every "<image>" placeholder removed and no images, so it renders to no vision token
+    (<|vision_start|>, <|image_pad|>, <|vision_end|>)."""
+    return dataclasses.replace(example, question=example.question.replace("<image>", "").strip(), images=[])
+
+
 def encode_prompts(processor, examples: list[Example]) -> VLBatch:
     """Prompts ready to generate from: system, user turn with images, then the assistant header."""
     texts = [prompt_text(processor, e) for e in examples]

@@ -38,6 +38,8 @@ FORMAT_TAGS = ("<caption>", "</caption>", "<think>", "</think>", "<answer>", "</
 FORMAT_PATTERN = re.compile(
     r"^\s*(<caption>.*?</caption>)\s*(<think>.*?</think>\s*<answer>.*?</answer>)\s*$", re.DOTALL)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+THINK_FORMAT_TAGS = FORMAT_TAGS[2:]
+THINK_FORMAT_PATTERN = re.compile(r"^\s*(<think>.*?</think>\s*<answer>.*?</answer>)\s*$", re.DOTALL)
 
 
 @dataclass
@@ -50,13 +52,20 @@ class ParsedResponse:
     answer: str = ""  # the inside of the first <answer> block, stripped
 
 
-def parse_response(text: str) -> ParsedResponse:
+def parse_response(text: str, response_format: str = "caption") -> ParsedResponse:
     """Spec §2.2 on decoded text (special tokens already skipped). Truncated responses are invalid.
 
     Beyond the release's regex, each tag must occur exactly once: the lazy groups would otherwise
     accept a second <answer> block or nested tags, and a hedging response could be rewarded.
+    response_format "think": the format WeMath's own system prompt asks for (spec §8), <think> then
+    <answer> and no caption (caption "" and no caption tag allowed).
     """
     # Counting first also keeps a response stuffed with tags from making the lazy regex backtrack.
+    if response_format == "think":
+        if any(text.count(tag) != (tag in THINK_FORMAT_TAGS) for tag in FORMAT_TAGS) or \
+                not (m := THINK_FORMAT_PATTERN.match(text)):
+            return ParsedResponse(valid=False)
+        return ParsedResponse(True, "", m.group(1), _ANSWER.search(m.group(1)).group(1).strip())
     if any(text.count(tag) != 1 for tag in FORMAT_TAGS) or not (m := FORMAT_PATTERN.match(text)):
         return ParsedResponse(valid=False)
     return ParsedResponse(True, m.group(1), m.group(2), _ANSWER.search(m.group(2)).group(1).strip())
@@ -205,6 +214,8 @@ class Example:
     teacher_caption: str | None = None
     teacher_cot: str | None = None
     system: str = SYSTEM_PROMPT
+    response_format: str = "caption"  # "think": the system prompt asks for <think>/<answer> only (WeMath)
+    meta: dict | None = None  # what a benchmark's own metrics group by (benchmarks.py), kept in eval's records
 
     def teacher_response(self) -> str:
         """The demonstration as one response in the policy's format (data.written_response). Alignment

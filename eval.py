@@ -9,14 +9,18 @@ judge, so no step can flip a wrong answer to a right one):
     tokens     = mean and median tokens generated per item (the closing <|im_end|> included)
     truncation = fraction of items that reached --max-new-tokens before <|im_end|>
 
-plus accuracy per question type where the benchmark has types. Decoding is greedy by default, so
-every number is reproducible; `--sample` gives the paper's setting (temperature 1.0, top_p 0.7,
-one sample per item), seeded per batch.
+plus accuracy per question type where the benchmark has types (MathVista's types, MathVerse's
+problem versions, the subjects of MathVision, MMMU and MMMU-Pro), the benchmark's own metrics
+(HallusionBench aAcc / fAcc / qAcc, WeMath strict / loose), and the paper's structural proxies
+(description items per caption, reasoning steps per <think>, spec §9.4). Decoding is greedy by
+default, so every number is reproducible; `--sample` gives the paper's setting (temperature 1.0,
+top_p 0.7, one sample per item), seeded per batch.
 
-Benchmarks (benchmarks.py): the evaluation JSONL and the RL parquet, and local parquet copies of
-MathVista (AI4Math/MathVista, testmini) and MMMU (MMMU/MMMU or lmms-lab/MMMU, validation), told
-apart by their columns. A --data entry may be a quoted glob whose files together form one
-benchmark (MMMU/MMMU ships one parquet per subject).
+Benchmarks (benchmarks.py): the evaluation JSONL and the RL parquet, and local parquet copies of the
+paper's seven (MathVista, MathVerse, MathVision, WeMath, MMMU, MMMU-Pro, HallusionBench) in their
+published schemas, told apart by their columns, each with the release's prompt and max_new_tokens
+(spec §8). A --data entry may be a quoted glob whose files together form one benchmark (MMMU/MMMU
+ships one parquet per subject).
 
 Under torchrun, every rank holds the whole model and answers its share of the items; the records
 are gathered on rank 0. The per-item results do not depend on the number of ranks.
@@ -25,15 +29,19 @@ Usage:
     # CPU, the tiny world (see `make demo`)
     python eval.py --policy runs/demo/sft/model runs/demo/prism/model --policy-names sft prism \
         --data runs/demo/data/test.jsonl --max-new-tokens 128 --batch-size 16 --out runs/demo/eval.json
-    # 8×H100, the published checkpoints on MathVista testmini and MMMU validation
+    # 8×H100, the published checkpoints on the paper's seven benchmarks (README: which file is which)
     torchrun --nproc_per_node 8 eval.py --policy Qwen3-VL-4B-Instruct-SFT Qwen3-VL-4B-Instruct-SFT-PRISM \
-        --data 'MathVista/data/testmini-*.parquet' 'MMMU/*/validation-*.parquet' --data-names mathvista mmmu \
-        --out results.json
+        --data 'MathVista/data/testmini-*.parquet' MathVerse-lmmseval/testmini.parquet \
+            'MathVision/data/testmini-*.parquet' 'We-Math/testmini-*.parquet' 'MMMU/*/validation-*.parquet' \
+            'MMMU_Pro/standard (10 options)/test-*.parquet' HallusionBench/image.parquet \
+        --data-names MathVista MathVerse MathVision WeMath MMMU MMMU-Pro HallusionBench --out results.json
     # the paper's sampled decoding instead of greedy: add  --sample --temperature 1.0 --top-p 0.7
 
-Writes --out (JSON: the settings, each benchmark's files, and per checkpoint and benchmark the
-summary and every item's response, parsed answer, grade, token count and truncation flag) and
-prints a markdown table with one row per checkpoint.
+Writes --out (JSON: the settings, each benchmark's files, schema and generation limit, and per
+checkpoint and benchmark the summary and every item's response, parsed answer, grade, token count
+and truncation flag) and prints the paper-shaped table: one row per checkpoint, one accuracy column
+per benchmark and their average, then each benchmark's own metrics. scripts/benchmarks_figure.py
+draws accuracy against mean output tokens (spec §9.3) and the proxies per checkpoint.
 """
 
 import dataclasses
@@ -67,8 +75,8 @@ class Args:
                                       "endings)")
     data_names: list[str] = arg([], "one name per --data (default: the shortest distinct path endings)")
     out: str = arg("results.json", "JSON file for the summaries and every item's record")
-    max_new_tokens: int = arg(8192, "response length limit (the paper's MMMU setting); longer ones count as truncated",
-                              check=AT_LEAST_ONE)
+    max_new_tokens: int = arg(0, "response length limit for every benchmark; 0 = each benchmark's published one "
+                                 "(spec §8: 8192 to 49152); longer responses count as truncated", check=NON_NEGATIVE)
     batch_size: int = arg(16, "prompts per generate call on each rank", check=AT_LEAST_ONE)
     sample: bool = arg(False, "sample (--temperature, --top-p) instead of greedy decoding")
     temperature: float = arg(1.0, "sampling temperature (with --sample)", check=POSITIVE)
@@ -92,29 +100,31 @@ def grade_item(index: int, example: Example, response: str, tokens: int, truncat
     response: decoded with special tokens skipped. accuracy and format are reward_parts' parts,
     so evaluation grades exactly as the RL reward does.
     """
-    parsed = data.parse_response(response)
+    parsed = data.parse_response(response, example.response_format)
     _, accuracy, fmt = grading.example_reward(response, example)
-    record = {"index": index, "id": example.id, "qtype": example.qtype, "truth": example.answer,
+    record = {"index": index, "id": example.id, "qtype": example.qtype, "meta": example.meta, "truth": example.answer,
               "response": response, "parsed_answer": parsed.answer if parsed.valid else None,
               "accuracy": accuracy, "format": fmt, "tokens": tokens, "truncated": truncated,
-              "caption_items": len(data.caption_items(parsed.caption)) if parsed.valid else None,
+              "caption_items": len(data.caption_items(parsed.caption)) if parsed.valid and parsed.caption else None,
               "reasoning_steps": data.reasoning_steps(parsed.reasoning) if parsed.valid else None}
     if example.teacher_caption and parsed.valid:
         # Perception against the item's reference caption: which stated facts are true, which true ones stated.
         stated, true = data.caption_items(parsed.caption), set(data.caption_items(example.teacher_caption))
-        record |= {"caption_facts_right": sum(item in true for item in stated), "caption_facts_stated": len(stated),
-                   "caption_facts_true": len(true), "caption_right": set(stated) == true}
+        right = sum(item in true for item in stated)
+        record |= {"caption_facts_right": right, "caption_facts_stated": len(stated), "caption_facts_true": len(true),
+                   "caption_right": bool(stated) and right == len(stated)}
     return record
 
 
-def summarise(records: list[dict]) -> dict:
+def summarise(records: list[dict], kind: str = "prompts") -> dict:
     """A benchmark's metrics from its item records (fractions in [0, 1]).
 
     accuracy_by_type covers the records that have a qtype: {qtype: {"n", "accuracy"}}. The structural
     proxies of spec §9.4 are means over well-formed responses: description items per caption, reasoning
     steps per <think>. Where items carry a reference caption: caption fact precision (stated facts that
-    are true) and recall (true facts stated), the share of captions exactly right, and accuracy split
-    by whether the caption was right.
+    are true) and recall (true facts stated), the share of captions that state nothing false ("right":
+    a terser caption may leave facts out), and accuracy split by whether the caption was right.
+    kind: the benchmark's schema; its own metrics (benchmarks.benchmark_metrics) go under "benchmark".
     """
     n = len(records)
     tokens = [r["tokens"] for r in records]
@@ -122,7 +132,8 @@ def summarise(records: list[dict]) -> dict:
     for r in records:
         if r["qtype"] is not None:
             by_type.setdefault(r["qtype"], []).append(r["accuracy"])
-    well_formed = [r for r in records if r["caption_items"] is not None]
+    well_formed = [r for r in records if r["reasoning_steps"] is not None]
+    captioned_well = [r for r in well_formed if r["caption_items"] is not None]
     summary = {
         "n": n,
         "accuracy": sum(r["accuracy"] for r in records) / n,
@@ -131,8 +142,9 @@ def summarise(records: list[dict]) -> dict:
         "median_tokens": statistics.median(tokens),
         "truncation_rate": sum(r["truncated"] for r in records) / n,
         "accuracy_by_type": {t: {"n": len(acc), "accuracy": sum(acc) / len(acc)} for t, acc in sorted(by_type.items())},
-        "caption_items_mean": statistics.mean(r["caption_items"] for r in well_formed) if well_formed else None,
+        "caption_items_mean": statistics.mean(r["caption_items"] for r in captioned_well) if captioned_well else None,
         "reasoning_steps_mean": statistics.mean(r["reasoning_steps"] for r in well_formed) if well_formed else None,
+        "benchmark": benchmarks.benchmark_metrics(kind, records),
     }
     if captioned := [r for r in records if "caption_right" in r]:
         right = [r for r in captioned if r["caption_right"]]
@@ -149,20 +161,32 @@ def summarise(records: list[dict]) -> dict:
 
 
 def markdown_table(summaries: dict[str, dict[str, dict]]) -> str:
-    """Checkpoints side by side: one row each; per benchmark, accuracy %, format-valid % and mean tokens.
+    """The paper's main-table shape: one row per checkpoint, accuracy % per benchmark and, with several
+    benchmarks, their unweighted average (spec §9.1); then format-valid %, mean output tokens and the
+    benchmark's own metrics (in %) per benchmark.
 
     summaries: checkpoint name → benchmark name → summarise(...) output.
     """
-    benchmarks = list(next(iter(summaries.values())))
-    header = ["model"] + [f"{b} {col}" for b in benchmarks for col in ("acc %", "format %", "tokens")]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for name, per_benchmark in summaries.items():
-        cells = [name]
-        for b in benchmarks:
-            s = per_benchmark[b]
-            cells += [f"{100 * s['accuracy']:.1f}", f"{100 * s['format_rate']:.1f}", f"{s['mean_tokens']:.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    names = list(summaries)
+    bench_names = list(summaries[names[0]])
+
+    def table(header: list[str], rows: list[list[str]]) -> list[str]:
+        return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)] + \
+               ["| " + " | ".join(row) + " |" for row in rows]
+
+    average = len(bench_names) > 1
+    accuracy = [[name] + [f"{100 * s[b]['accuracy']:.1f}" for b in bench_names] +
+                ([f"{100 * statistics.mean(s[b]['accuracy'] for b in bench_names):.1f}"] if average else [])
+                for name, s in summaries.items()]
+    lines = table(["model"] + [f"{b} acc %" for b in bench_names] + (["Avg"] if average else []), accuracy)
+    extra = {b: [k for k, v in summaries[names[0]][b]["benchmark"].items() if isinstance(v, float)]
+             for b in bench_names}
+    header = ["model"] + [f"{b} {col}" for b in bench_names for col in ["format %", "tokens", *extra[b]]]
+    rows = [[name] + [cell for b in bench_names for cell in
+                      [f"{100 * s[b]['format_rate']:.1f}", f"{s[b]['mean_tokens']:.0f}",
+                       *(f"{100 * s[b]['benchmark'][k]:.1f}" for k in extra[b])]]
+            for name, s in summaries.items()]
+    return "\n".join(lines + [""] + table(header, rows))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -180,8 +204,8 @@ def my_batches(n_items: int, batch_size: int, d: run.Dist) -> list[range]:
     return [range(s, min(s + batch_size, n_items)) for s in starts[d.rank::d.world_size]]
 
 
-def evaluate_shard(policy: model.Policy, processor, examples: list[Example], args: Args, d: run.Dist,
-                   desc: str) -> list[dict]:
+def evaluate_shard(policy: model.Policy, processor, examples: list[Example], max_new_tokens: int, args: Args,
+                   d: run.Dist, desc: str) -> list[dict]:
     """This rank's item records: one response per item, generated batch by batch."""
     tokenizer = processor.tokenizer
     records = []
@@ -190,7 +214,7 @@ def evaluate_shard(policy: model.Policy, processor, examples: list[Example], arg
         prompts = batching.encode_prompts(processor, batch).to(d.device)
         # Seeded by the batch, not the rank, so that sampled results too are the same under any number of ranks.
         run.seed_everything(args.seed * 100_003 + items.start // args.batch_size)
-        rollouts = model.generate_rollouts(policy, prompts, tokenizer, n=1, max_new_tokens=args.max_new_tokens,
+        rollouts = model.generate_rollouts(policy, prompts, tokenizer, n=1, max_new_tokens=max_new_tokens,
                                            temperature=args.temperature, top_p=args.top_p, greedy=not args.sample,
                                            compile_decode=args.compile_decode)
         for i, example, ids, truncated in zip(items, batch, rollouts.responses(), rollouts.truncated.tolist()):
@@ -222,23 +246,27 @@ def main(args: Args) -> None:
     processors = [hf_checkpoint.load_processor(path) for path in args.policy]
     control = frozenset().union(*(data.control_tokens(p.tokenizer) for p in processors))
     suites = benchmarks.load_benchmarks(args.data, args.data_names, args.limit, control)
+
+    def limit(suite: benchmarks.Benchmark) -> int:
+        return args.max_new_tokens or suite.max_new_tokens
+
     dtype = torch.bfloat16 if args.bf16 and d.device.type == "cuda" else torch.float32
     if d.is_main:
         decoding = f"sampled, T={args.temperature}, top_p={args.top_p}" if args.sample else "greedy"
-        sizes = ", ".join(f"{b} ({len(ex)} items)" for b, (_, ex) in suites.items())
-        print(f"eval: {len(names)} checkpoints on {sizes}; {decoding}, up to {args.max_new_tokens} new tokens, "
-              f"{d.world_size} ranks")
+        sizes = ", ".join(f"{b} ({len(s.examples)} items, {s.kind}, up to {limit(s)} new tokens)"
+                          for b, s in suites.items())
+        print(f"eval: {len(names)} checkpoints on {sizes}; {decoding}, {d.world_size} ranks")
 
     # ------------------------------------------------------------------ generation and grading
     results = {}
     for name, path, processor in zip(names, args.policy, processors):
         policy = model.Policy.from_pretrained(path, dtype=dtype, device=d.device)
         results[name] = {"model": path, "benchmarks": {}}
-        for bench, (_, examples) in suites.items():
+        for bench, suite in suites.items():
             t0 = time.time()
-            records = gather_records(evaluate_shard(policy, processor, examples, args, d, f"{name}/{bench}"),
-                                     len(examples), d)
-            summary = summarise(records)
+            records = gather_records(evaluate_shard(policy, processor, suite.examples, limit(suite), args, d,
+                                                    f"{name}/{bench}"), len(suite.examples), d)
+            summary = summarise(records, suite.kind)
             results[name]["benchmarks"][bench] = {"summary": summary, "items": records}
             if d.is_main:
                 print(f"{name} / {bench}: accuracy {summary['accuracy']:.4f}, format {summary['format_rate']:.4f}, "
@@ -251,7 +279,8 @@ def main(args: Args) -> None:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         report = {"settings": dataclasses.asdict(args) | {"world_size": d.world_size},
-                  "benchmarks": {b: [str(f) for f in files] for b, (files, _) in suites.items()},
+                  "benchmarks": {b: {"files": [str(f) for f in s.files], "schema": s.kind,
+                                     "max_new_tokens": limit(s)} for b, s in suites.items()},
                   "results": results}
         out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
         print(markdown_table({name: {b: r["summary"] for b, r in res["benchmarks"].items()}

@@ -21,13 +21,14 @@ MAX_ANSWER_CHARS = 1024
 
 
 def reward_parts(response_text: str, truth, options: list[str] | None = None,
-                 precision: int | None = None) -> tuple[float, float, float]:
+                 precision: int | None = None, response_format: str = "caption") -> tuple[float, float, float]:
     """Spec §5.1: (score, accuracy, format) with score = 0.8·acc + 0.2·format.
 
     Malformed → 0. An empty answer, or one of MAX_ANSWER_CHARS characters or more, earns the
-    format part only; the judge never sees it. truth, options, precision: as grade_answer's.
+    format part only; the judge never sees it. truth, options, precision: as grade_answer's;
+    response_format: as data.parse_response's.
     """
-    parsed = parse_response(response_text)
+    parsed = parse_response(response_text, response_format)
     if not parsed.valid:
         return 0.0, 0.0, 0.0
     if not parsed.answer or len(parsed.answer) >= MAX_ANSWER_CHARS:
@@ -38,7 +39,7 @@ def reward_parts(response_text: str, truth, options: list[str] | None = None,
 
 def example_reward(response_text: str, example: Example) -> tuple[float, float, float]:
     """reward_parts against an item's ground truth, with its options and stated precision."""
-    return reward_parts(response_text, example.answer, example.choices, example.precision)
+    return reward_parts(response_text, example.answer, example.choices, example.precision, example.response_format)
 
 
 def grade_answer(prediction: str, truth, options: list[str] | None = None, precision: int | None = None,

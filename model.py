@@ -205,7 +205,8 @@ class Discriminator(nn.Module):
     """D(x, y) = w · Dropout(h_last(x ⊕ y)): a Qwen3-VL-MoE read at the last real token.
 
     `self.hf` is a full Qwen3VLMoeForConditionalGeneration so that the directory stays loadable by
-    plain transformers; its lm_head is never used here and is frozen.
+    plain transformers; its lm_head is never used here and is frozen. A dense Qwen3VLForConditionalGeneration
+    is accepted too: the paper's dense-discriminator ablation (spec §9.2), made by `upcycle_moe.py --experts 1`.
     """
 
     def __init__(self, hf_model, dropout: float = 0.1):
@@ -220,31 +221,46 @@ class Discriminator(nn.Module):
     def config(self):
         return self.hf.config
 
+    @property
+    def is_moe(self) -> bool:
+        return self.hf.config.model_type == "qwen3_vl_moe"
+
+    def describe(self) -> str:
+        """One line for start-up logs: the kind of discriminator and its parameter count."""
+        text = self.hf.config.text_config
+        kind = f"MoE, {text.num_experts} experts top-{text.num_experts_per_tok}" if self.is_moe else "dense"
+        return f"{kind}, {sum(p.numel() for p in self.parameters()) / 1e6:.2f}M parameters"
+
     def forward(self, batch: VLBatch, with_aux_loss: bool = False):
         """batch: B scored sequences (prompt ⊕ segment). Returns (scores (B,), aux_loss or None).
 
-        aux_loss is the router's load-balancing loss (Qwen3-MoE form, over all layers).
+        aux_loss is the router's load-balancing loss (Qwen3-MoE form, over all layers); a dense
+        discriminator has no router and returns 0.
         """
         from transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe import load_balancing_loss_func
 
-        out = self.hf.model(**body_inputs(self.hf, batch), use_cache=False, output_router_logits=with_aux_loss)
+        routed = with_aux_loss and self.is_moe
+        out = self.hf.model(**body_inputs(self.hf, batch), use_cache=False,
+                            **({"output_router_logits": True} if routed else {}))
         rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
         last = out.last_hidden_state[rows, last_token_index(batch.attention_mask)]  # (B, H)
         scores = self.head(self.dropout(last)).squeeze(-1).float()
         aux = None
-        if with_aux_loss:
+        if routed:
             text = self.hf.config.text_config
             aux = load_balancing_loss_func(out.router_logits, text.num_experts, text.num_experts_per_tok,
                                            batch.attention_mask)
+        elif with_aux_loss:
+            aux = scores.new_zeros(())
         return scores, aux
 
     @classmethod
     def from_pretrained(cls, path, dtype=torch.float32, device="cpu") -> "Discriminator":
         path = Path(path)
         hf = load_hf_model(path, dtype, device)
-        if hf.config.model_type != "qwen3_vl_moe":
-            raise DataError(f"{path}: a discriminator must be a Qwen3-VL-MoE, got {hf.config.model_type!r} "
-                            "(make one with upcycle_moe.py)")
+        if hf.config.model_type not in ("qwen3_vl_moe", "qwen3_vl"):
+            raise DataError(f"{path}: a discriminator must be a Qwen3-VL-MoE (or a dense Qwen3-VL), got "
+                            f"{hf.config.model_type!r} (make one with upcycle_moe.py)")
         disc = cls(hf)
         with torch.no_grad():
             disc.head.weight.copy_(read_score_head(path, hf.config.text_config.hidden_size))
@@ -575,6 +591,19 @@ def generate_rollouts(policy: Policy, prompts: VLBatch, tokenizer, n: int, max_n
 # ----------------------------------------------------------------------------------------------
 # FSDP2 sharding and mixed precision
 # ----------------------------------------------------------------------------------------------
+
+
+def freeze_vision(hf_model, tower: bool, merger: bool) -> None:
+    """Leave the vision tower (patch and position embeddings, blocks) and/or the vision-language mergers
+    (the final one and DeepStack's) out of training. A pretrained tower is often frozen in SFT; in the
+    tiny world a trained random tower inflates its outputs until colour and shape no longer stand out."""
+    visual = hf_model.model.visual
+    if tower:
+        for part in (visual.patch_embed, visual.pos_embed, visual.blocks):
+            part.requires_grad_(False)
+    if merger:
+        visual.merger.requires_grad_(False)
+        visual.deepstack_merger_list.requires_grad_(False)
 
 
 def shard(module: nn.Module, d: Dist, bf16: bool) -> nn.Module:

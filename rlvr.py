@@ -119,6 +119,8 @@ class Args:
     max_grad_norm: float = arg(1.0, "clip the global gradient norm to this", check=POSITIVE)
     micro_batch_tokens: int = arg(10240, "token budget of one policy forward/backward (prompt + response, padding "
                                          "included); rows of similar length are grouped", check=AT_LEAST_ONE)
+    freeze_vision: bool = arg(False, "freeze the vision tower (patch embedding, position embedding, blocks)")
+    freeze_merger: bool = arg(False, "freeze the vision-language merger and the DeepStack mergers")
     gradient_checkpointing: bool = arg(False, "recompute decoder activations in backward to save memory")
     bf16: bool = arg(False, "bf16 compute on GPU")
     compile_decode: bool = arg(False, "static KV cache and a torch.compile'd decode step in generate (CUDA graphs "
@@ -317,6 +319,7 @@ def main(args: Args, reward_fn: RewardFn = grading.example_reward) -> None:
     prompts, dropped = batching.drop_long_prompts(processor, prompts, args.max_prompt_len)
     batching.require_some_kept(prompts, dropped, "prompts", "--max-prompt-len", args.max_prompt_len)
     policy = model.Policy.from_pretrained(args.policy, device=d.device)
+    model.freeze_vision(policy.hf, args.freeze_vision, args.freeze_merger)
     if args.gradient_checkpointing:
         policy.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy = model.shard(policy, d, args.bf16)

@@ -106,16 +106,8 @@ def main(args: Args) -> None:
     conversations = [c for f in args.data for c in data.load_sft(f, control)]
     conversations, dropped = batching.drop_long_conversations(processor, conversations, args.max_length)
     batching.require_some_kept(conversations, dropped, "conversations", "--max-length", args.max_length)
-    if not conversations:
-        raise data.DataError(f"no usable conversations in {args.data} ({dropped} longer than {args.max_length})")
     policy = model.Policy.from_pretrained(args.policy, device=d.device)
-    visual = policy.hf.model.visual
-    if args.freeze_vision:
-        for part in (visual.patch_embed, visual.pos_embed, visual.blocks):
-            part.requires_grad_(False)
-    if args.freeze_merger:
-        visual.merger.requires_grad_(False)
-        visual.deepstack_merger_list.requires_grad_(False)
+    model.freeze_vision(policy.hf, args.freeze_vision, args.freeze_merger)
     if args.gradient_checkpointing:
         policy.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy = model.shard(policy, d, args.bf16)

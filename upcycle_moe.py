@@ -7,7 +7,8 @@ dense MLP, expert 0 included; the router and the score head are new; everything 
     W_router ~ N(0, σ_router²),   w_head ~ N(0, 0.02²),   D(x, y) = w_head · Dropout_0.1(h_last(x ⊕ y))
 
 The top-k routing weights are renormalised to sum to 1, so with σ_noise = 0 the MoE computes exactly the
-dense model's function; the noise is what lets the experts drift apart.
+dense model's function; the noise is what lets the experts drift apart. `--experts 1` skips upcycling: the
+dense model itself gets the score head (the paper's dense-discriminator ablation, spec §9.2).
 
 Warm-up (§3.5–§3.6, §0.1). Each line of the pairs file gives two comparisons c of the teacher's response
 y_ref against a student's y_π on the same prompt x: the perception (caption) segments and the reasoning
@@ -20,7 +21,8 @@ T_c = clip(D(x ⊕ y_ref,c), ±10) and S_c = clip(D(x ⊕ y_π,c), ±10), one op
 
 over its C comparisons on all ranks and micro-batches; the four score sets are teacher/student ×
 perception/reasoning, λ = 1e-3, and L_aux is the routers' load-balancing loss (β = 0.01), averaged over the
-step's forwards.
+step's forwards (0 for a dense discriminator). With --disc-text-only the discriminator reads x without its
+images: the system prompt and the question's text, no vision token (the text-only ablation, spec §9.2).
 
 Usage:
     # CPU, the tiny world (see `make demo`)
@@ -69,8 +71,9 @@ class UpcycleArgs:
     dense: str = arg(None, "HF directory of the dense Qwen3-VL to upcycle", required=True)
     out: str = arg(None, "output HF directory of the MoE discriminator", required=True)
     # spec §3.1: 4 experts, top-2, noise std 0.01 on every expert, router N(0, 0.02), aux coefficient 0.01
-    experts: int = arg(4, "experts per decoder layer, each a noisy copy of the dense MLP", check=AT_LEAST_ONE)
-    top_k: int = arg(2, "experts each token is routed to", check=AT_LEAST_ONE)
+    experts: int = arg(4, "experts per decoder layer, each a noisy copy of the dense MLP; 1: no upcycling, the "
+                          "dense model with a score head (the dense-discriminator ablation)", check=AT_LEAST_ONE)
+    top_k: int = arg(2, "experts each token is routed to (unused with --experts 1)", check=AT_LEAST_ONE)
     noise_std: float = arg(0.01, "std of the i.i.d. Gaussian noise added to every expert weight (absolute)",
                            check=NON_NEGATIVE)
     router_std: float = arg(0.02, "std of the routers' Gaussian initialisation", check=NON_NEGATIVE)
@@ -108,6 +111,10 @@ class WarmupArgs:
     grad_accum: int = arg(4, "micro-batches per optimizer step on each rank", check=AT_LEAST_ONE)
     max_length: int = arg(8192, "lines whose prompt plus whole teacher or student response is longer are dropped",
                           check=AT_LEAST_ONE)
+    disc_text_only: bool = arg(False, "the discriminator reads the prompt without its images: system prompt and "
+                                      "question text, no vision token (the text-only ablation)")
+    freeze_vision: bool = arg(False, "freeze the vision tower (patch embedding, position embedding, blocks)")
+    freeze_merger: bool = arg(False, "freeze the vision-language merger and the DeepStack mergers")
     gradient_checkpointing: bool = arg(False, "recompute decoder activations in backward to save memory")
     bf16: bool = arg(False, "bf16 compute on GPU (FSDP2 mixed precision when sharded, autocast otherwise)")
     max_skipped_steps: int = arg(10, "stop after this many optimizer steps in a row with a non-finite gradient",
@@ -192,23 +199,36 @@ def upcycle(dense, experts: int = 4, top_k: int = 2, noise_std: float = 0.01, ro
     return disc, sources
 
 
+@torch.no_grad()
+def dense_discriminator(dense, seed: int = 0) -> tuple[model.Discriminator, list[tuple[str, str]]]:
+    """The dense-discriminator ablation: the dense model itself with a new score head, no upcycling.
+
+    Returns (discriminator, sources) as upcycle() does: every model tensor "copied", the head "initialised".
+    """
+    disc = model.Discriminator(dense).to(dense.dtype)
+    g = torch.Generator().manual_seed(seed)
+    disc.head.weight.copy_(HEAD_STD * torch.randn(disc.head.weight.shape, generator=g))
+    return disc, [(key, "initialised" if key == "head.weight" else "copied") for key in disc.state_dict()]
+
+
 def main_upcycle(args: UpcycleArgs) -> None:
-    if args.top_k > args.experts:
+    if args.experts > 1 and args.top_k > args.experts:
         raise run.flag_error("top_k", args.top_k, f"must be at most --experts {args.experts}")
     processor = hf_checkpoint.load_processor(args.dense)
     dtype = "auto" if args.dtype == "auto" else getattr(torch, args.dtype)
     dense = hf_checkpoint.load_hf_model(args.dense, dtype=dtype)
     if dense.config.model_type != "qwen3_vl":
         raise data.DataError(f"{args.dense}: expected a dense Qwen3-VL, got {dense.config.model_type!r}")
-    disc, sources = upcycle(dense, args.experts, args.top_k, args.noise_std, args.router_std, args.aux_coef,
-                            args.seed)
+    n_dense = sum(p.numel() for p in dense.parameters())
+    if args.experts == 1:
+        disc, sources = dense_discriminator(dense, args.seed)
+    else:
+        disc, sources = upcycle(dense, args.experts, args.top_k, args.noise_std, args.router_std, args.aux_coef,
+                                args.seed)
     out = Path(args.out)
     disc.save_pretrained(processor, out, run.Dist())
     counts = {how: sum(h == how for _, h in sources) for how in ("copied", "tiled", "initialised")}
-    n_dense = sum(p.numel() for p in dense.parameters())
-    n_disc = sum(p.numel() for p in disc.parameters())
-    print(f"wrote {out}: {n_dense / 1e6:.2f}M dense → {n_disc / 1e6:.2f}M parameters "
-          f"({args.experts} experts, top-{args.top_k}); tensors {counts}")
+    print(f"wrote {out}: {n_dense / 1e6:.2f}M dense → discriminator {disc.describe()}; tensors {counts}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,14 +276,17 @@ def drop_long_pairs(processor, pairs: list[data.WarmupPair], max_len: int) -> tu
     return kept, len(pairs) - len(kept)
 
 
-def line_inputs(processor, pairs: list[data.WarmupPair]):
+def line_inputs(processor, pairs: list[data.WarmupPair], text_only: bool = False):
     """(prompts, teacher segments, student segments) of m lines, as model.score_segments takes them.
 
-    Each line's prompt is chat-templated (system, user turn with its images, assistant header) and
-    its written responses are split exactly as a rollout is (data.text_segments).
+    Each line's prompt is chat-templated (system, user turn with its images, assistant header; without
+    the images when text_only) and its written responses are split exactly as a rollout is
+    (data.text_segments).
     """
     tok = processor.tokenizer
-    prompts = batching.encode_prompts(processor, [data.Example(p.where, p.question, p.images, p.where) for p in pairs])
+    examples = [data.Example(p.where, p.question, p.images, p.where) for p in pairs]
+    prompts = batching.encode_prompts(processor, [batching.without_images(e) for e in examples] if text_only
+                                      else examples)
     teacher = [data.text_segments(tok, p.teacher_caption, p.teacher_cot) for p in pairs]
     student = [data.text_segments(tok, p.student_caption, p.student_cot) for p in pairs]
     return prompts, teacher, student
@@ -271,7 +294,7 @@ def line_inputs(processor, pairs: list[data.WarmupPair]):
 
 def score_lines(disc, processor, pairs: list[data.WarmupPair], args: WarmupArgs, d: run.Dist, with_aux: bool):
     """Clipped scores of m lines' teacher and student segments, and the routers' aux loss (or None)."""
-    prompts, teacher, student = line_inputs(processor, pairs)
+    prompts, teacher, student = line_inputs(processor, pairs, args.disc_text_only)
     return model.score_segments(disc, prompts, prompts.input_ids.shape[1], teacher, student, list(range(len(pairs))),
                                 processor.tokenizer.pad_token_id, args.score_clip, d, args.bf16,
                                 with_aux_loss=with_aux)
@@ -346,6 +369,8 @@ def main_warmup(args: WarmupArgs) -> None:
         if args.eval_data else []
     disc = model.Discriminator.from_pretrained(args.discriminator, device=d.device)
     disc.dropout.p = args.dropout
+    # A text-only discriminator's vision encoder never runs: no gradient, no optimizer state to save.
+    model.freeze_vision(disc.hf, args.freeze_vision or args.disc_text_only, args.freeze_merger or args.disc_text_only)
     if args.gradient_checkpointing:
         disc.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     disc = model.shard(disc, d, args.bf16)
@@ -362,7 +387,8 @@ def main_warmup(args: WarmupArgs) -> None:
     if d.is_main:
         print(f"warm-up: {len(pairs)} lines = {2 * len(pairs)} comparisons ({skipped} incomplete, {dropped} too "
               f"long, dropped), {total_steps} steps of {2 * lines_per_step} comparisons (micro "
-              f"{args.disc_micro_batch} lines × accum {args.grad_accum} × ranks {d.world_size}), loss {args.disc_loss}")
+              f"{args.disc_micro_batch} lines × accum {args.grad_accum} × ranks {d.world_size}), loss "
+              f"{args.disc_loss}; discriminator {disc.describe()}{', text only' if args.disc_text_only else ''}")
     if eval_pairs and training.start == 0:
         training.log.write(0, evaluate(disc, processor, eval_pairs, args, d))
 

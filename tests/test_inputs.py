@@ -388,7 +388,7 @@ def test_benchmark_rows_are_read_as_published_and_awkward_ones_kept_whole(tmp_pa
     def load(row, name):
         path = tmp_path / f"{name}.parquet"
         pq.write_table(pa.Table.from_pylist([row]), path)
-        return benchmarks.load_benchmark_file(path)[0]
+        return benchmarks.load_benchmark_file(path)[1][0]
 
     mv = load(_mathvista(), "mathvista")
     assert (mv.answer, mv.choices, mv.question) == ("A", ["red", "green", "blue", "yellow"], "<image>\nWhich color?")
