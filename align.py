@@ -306,16 +306,15 @@ def main(args: Args, split: Callable[..., Segments] = split_rollouts) -> None:
         e.teacher_response()  # raises, naming the record, if a demonstration is missing
     prompts, dropped = batching.drop_long_prompts(processor, prompts, args.max_prompt_len)
     batching.require_some_kept(prompts, dropped, "prompts", "--max-prompt-len", args.max_prompt_len)
-    policy = model.Policy.from_pretrained(args.policy, device=d.device)
-    disc = model.Discriminator.from_pretrained(args.discriminator, device=d.device)
-    for m in (policy, disc):
-        model.freeze_vision(m.hf, args.freeze_vision, args.freeze_merger)
-    if args.disc_text_only:  # its vision encoder never runs: no gradient, no optimizer state to save
-        model.freeze_vision(disc.hf, True, True)
-    if args.gradient_checkpointing:
-        for m in (policy, disc):
-            m.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    models = {"policy": model.shard(policy, d, args.bf16), "discriminator": model.shard(disc, d, args.bf16)}
+    # A text-only discriminator's vision encoder never runs: no gradient, no optimizer state to save.
+    text_only = args.disc_text_only
+    models = {"policy": model.load_sharded(model.Policy, args.policy, d, args.bf16, model.training_setup(
+                  args.freeze_vision, args.freeze_merger, args.gradient_checkpointing)),
+              "discriminator": model.load_sharded(model.Discriminator, args.discriminator, d, args.bf16,
+                                                  model.training_setup(args.freeze_vision or text_only,
+                                                                       args.freeze_merger or text_only,
+                                                                       args.gradient_checkpointing))}
+    disc = models["discriminator"]
     optimizers, schedulers = {}, {}
     for name, lr in (("policy", args.lr), ("discriminator", args.disc_lr)):
         optimizers[name], schedulers[name] = run.make_optimizer(models[name], lr, args.weight_decay, args.steps, 1,

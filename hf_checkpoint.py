@@ -69,20 +69,81 @@ def load_processor(path: str | Path):
     return processor
 
 
-def stored_weight_names(path: Path) -> set[str]:
-    """The tensor names of a directory's safetensors files, read from their headers alone."""
+def stored_weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes of a directory's model safetensors files, read from their headers alone."""
     from safetensors import safe_open
 
-    names = set()
+    shapes = {}
     for file in sorted(path.glob("*.safetensors")):
         if file.name == SCORE_HEAD_FILE:
             continue
         try:
             with safe_open(str(file), framework="pt") as f:
-                names |= set(f.keys())
+                shapes |= {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         except Exception as e:  # safetensors raises its own error types for a damaged header
             raise DataError(f"{file}: not a readable safetensors file: {e}") from None
-    return names
+    return shapes
+
+
+def stored_weight_names(path: Path) -> set[str]:
+    """The tensor names of a directory's safetensors files, read from their headers alone."""
+    return set(stored_weight_shapes(path))
+
+
+def _report_mismatch(path: Path, missing, unexpected, mismatched) -> None:
+    for problem, keys in (("missing from the checkpoint", missing), ("in the checkpoint but not in the model",
+                          unexpected), ("of the wrong shape", mismatched)):
+        if keys:
+            keys = sorted(str(k) for k in keys)
+            raise DataError(f"{path}: weights {problem}: {', '.join(keys[:5])}{' …' if len(keys) > 5 else ''}")
+
+
+def _config(path: Path, stored: set[str]):
+    """The checkpoint's transformers config, with tied embeddings recognised (see load_hf_model)."""
+    from transformers import AutoConfig
+
+    config_dict = read_config(path)
+    if not stored:
+        raise DataError(f"{path}: no *.safetensors weights (other weight formats are refused)")
+    try:
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise DataError(f"{path}/config.json: not a usable {config_dict['model_type']} config: {e}") from None
+    text = config.get_text_config()
+    if "lm_head.weight" not in stored and \
+            bool(getattr(config, "tie_word_embeddings", False) or getattr(text, "tie_word_embeddings", False)):
+        config.tie_word_embeddings = True
+    return config
+
+
+def empty_hf_model(path: str | Path, dtype: torch.dtype = torch.float32):
+    """The network of an HF directory with its parameters on the meta device (nothing allocated) and its
+    buffers (the rotary frequencies) computed on the CPU, for sharding before any weight is read.
+
+    The stored tensors are checked against the parameters by name and shape from the file headers, as
+    load_hf_model checks them; a checkpoint whose layout transformers converts while loading (the released
+    30B-A3B's transposed experts) is refused here — load it once with one process and save it again.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForImageTextToText, GenerationConfig
+
+    path = Path(path)
+    stored = stored_weight_shapes(path)
+    config = _config(path, set(stored))
+    with init_empty_weights(include_buffers=False), _quiet_transformers():
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+    model.tie_weights()  # from_config leaves a tied lm_head separate; from_pretrained ties it
+    if config.tie_word_embeddings and model.lm_head.weight is not model.get_input_embeddings().weight:
+        raise DataError(f"{path}: the config ties the embeddings but transformers did not tie lm_head")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    _report_mismatch(path, expected.keys() - stored.keys() - tied, stored.keys() - expected.keys(),
+                     [f"{k} (stored {stored[k]}, expected {expected[k]})" for k in expected.keys() & stored.keys()
+                      if stored[k] != expected[k]])
+    if (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(str(path))
+    return model
 
 
 def load_hf_model(path: str | Path, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu"):
@@ -94,38 +155,41 @@ def load_hf_model(path: str | Path, dtype: torch.dtype | str = torch.float32, de
     config states them (top level or text_config) when the checkpoint stores no lm_head. Layout
     conversions transformers knows (the released MoE's transposed experts) are applied on the way in.
     """
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText
 
     path = Path(path)
-    config_dict = read_config(path)
     stored = stored_weight_names(path)
-    if not stored:
-        raise DataError(f"{path}: no *.safetensors weights (other weight formats are refused)")
-    try:
-        with _quiet_transformers():
-            config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise DataError(f"{path}/config.json: not a usable {config_dict['model_type']} config: {e}") from None
-    text = config.get_text_config()
-    tied = "lm_head.weight" not in stored and \
-        bool(getattr(config, "tie_word_embeddings", False) or getattr(text, "tie_word_embeddings", False))
-    if tied:
-        config.tie_word_embeddings = True
+    config = _config(path, stored)
+    tied = "lm_head.weight" not in stored and config.tie_word_embeddings
+    quantized = {}
+    if is_quantized(path):  # FP8 (compressed-tensors): dequantised on the way in, by transformers' integration
+        from transformers import CompressedTensorsConfig
+
+        quantized = dict(quantization_config=CompressedTensorsConfig(dequantize=True))
     try:
         with _quiet_transformers():
             model, info = AutoModelForImageTextToText.from_pretrained(
                 str(path), config=config, dtype=dtype, use_safetensors=True, trust_remote_code=False,
-                output_loading_info=True, ignore_mismatched_sizes=True)
+                output_loading_info=True, ignore_mismatched_sizes=True, **quantized)
     except Exception as e:  # safetensors and torch raise their own types for a damaged file
         raise DataError(f"{path}: cannot read the weights: {str(e).strip().splitlines()[0]}") from None
-    missing = set(info["missing_keys"]) - ({"lm_head.weight"} if tied else set())
-    mismatched = [f"{name} (stored {tuple(a)}, expected {tuple(b)})" for name, a, b in info["mismatched_keys"]]
-    for problem, keys in (("missing from the checkpoint", missing), ("in the checkpoint but not in the model",
-                          info["unexpected_keys"]), ("of the wrong shape", mismatched)):
-        if keys:
-            keys = sorted(str(k) for k in keys)
-            raise DataError(f"{path}: weights {problem}: {', '.join(keys[:5])}{' …' if len(keys) > 5 else ''}")
+    _report_mismatch(path, set(info["missing_keys"]) - ({"lm_head.weight"} if tied else set()),
+                     info["unexpected_keys"],
+                     [f"{name} (stored {tuple(a)}, expected {tuple(b)})" for name, a, b in info["mismatched_keys"]])
+    if quantized:  # what this model now is, and what save_hf_dir writes: dense weights in the training dtype
+        model.config.__dict__.pop("quantization_config", None)
+        model.hf_quantizer = None
     return model.to(device)
+
+
+def is_quantized(path: Path) -> bool:
+    """Whether config.json declares a quantised checkpoint; only compressed-tensors (FP8 and other float or
+    integer schemes written by llm-compressor) is read, dequantised."""
+    method = (read_config(path).get("quantization_config") or {}).get("quant_method")
+    if method not in (None, "compressed-tensors"):
+        raise DataError(f"{path}/config.json: quant_method {method!r} is not read; only compressed-tensors "
+                        "checkpoints (llm-compressor's FP8 and others) are, dequantised")
+    return method is not None
 
 
 def save_hf_dir(hf_model, state: dict[str, torch.Tensor], processor, out: Path) -> None:

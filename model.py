@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from batching import VLBatch, encode_scored
 from data import VISION_TOKENS, DataError
-from hf_checkpoint import load_hf_model, read_score_head, save_hf_dir, write_score_head
+from hf_checkpoint import empty_hf_model, is_quantized, load_hf_model, read_score_head, save_hf_dir, write_score_head
 from run import Dist, all_reduce, barrier
 
 # ----------------------------------------------------------------------------------------------
@@ -606,19 +606,11 @@ def freeze_vision(hf_model, tower: bool, merger: bool) -> None:
         visual.deepstack_merger_list.requires_grad_(False)
 
 
-def shard(module: nn.Module, d: Dist, bf16: bool) -> nn.Module:
-    """FSDP2: each text decoder layer, each vision block, the vision encoder, then the root.
+def shard_plan(module: nn.Module, mesh, bf16: bool) -> None:
+    """The FSDP2 units: each text decoder layer (a Qwen3-VL-MoE layer with its fused experts, every expert
+    weight split along the expert dimension), each vision block, the vision encoder, then the root."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    The vision encoder gets its own unit because generate calls it directly, bypassing the
-    root's hooks. Gradients are summed, not averaged, over ranks (divide factor 1): every loss in
-    this project is already normalised by a global count, so the sum is the exact global gradient.
-    """
-    if not d.distributed:
-        return module
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-
-    mesh = init_device_mesh(d.device.type, (d.world_size,))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
     kw = dict(mesh=mesh) | (dict(mp_policy=mp) if mp else {})
     body = module.hf.model
@@ -628,6 +620,28 @@ def shard(module: nn.Module, d: Dist, bf16: bool) -> nn.Module:
         fully_shard(block, **kw)
     fully_shard(body.visual, **kw)
     fully_shard(module, **kw)
+
+
+def shard(module: nn.Module, d: Dist, bf16: bool) -> nn.Module:
+    """FSDP2 over the ranks (shard_plan); a module built on the meta device (load_sharded) gets only this
+    rank's shards allocated, its computed buffers kept.
+
+    The vision encoder gets its own unit because generate calls it directly, bypassing the
+    root's hooks. Gradients are summed, not averaged, over ranks (divide factor 1): every loss in
+    this project is already normalised by a global count, so the sum is the exact global gradient.
+    """
+    if not d.distributed:
+        return module
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule
+
+    shard_plan(module, init_device_mesh(d.device.type, (d.world_size,)), bf16)
+    if any(p.is_meta for p in module.parameters()):  # built by load_sharded: allocate this rank's shards only
+        buffers = {name: b.detach().clone() for name, b in module.named_buffers()}  # computed, not stored
+        module.to_empty(device=d.device)
+        with torch.no_grad():
+            for name, b in buffers.items():
+                module.get_buffer(name).copy_(b)
     # FSDP2 initialises lazily at the first forward, taking whichever unit runs first as the root.
     # generate calls the vision encoder directly, so the real root is initialised here, up front.
     module._get_fsdp_state()._lazy_init()
@@ -635,6 +649,49 @@ def shard(module: nn.Module, d: Dist, bf16: bool) -> nn.Module:
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)
             m.set_force_sum_reduction_for_comms(True)  # a plain SUM: gloo has no pre-multiplied sum
+    return module
+
+
+def training_setup(freeze_tower: bool, freeze_merger: bool, gradient_checkpointing: bool):
+    """The `prepare` of load_sharded for a model that trains: freeze_vision, then activation checkpointing."""
+    def prepare(module: nn.Module) -> None:
+        freeze_vision(module.hf, freeze_tower, freeze_merger)
+        if gradient_checkpointing:
+            module.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return prepare
+
+
+def load_sharded(cls, path, d: Dist, bf16: bool, prepare=None) -> nn.Module:
+    """A Policy or Discriminator (cls) from an HF directory, ready to train: FSDP2-sharded over the ranks,
+    and no rank ever holding the whole model.
+
+    One process: cls.from_pretrained on the device, as before. Several: the network is built on the meta
+    device (hf_checkpoint.empty_hf_model: names and shapes checked, buffers computed), `prepare(module)`
+    runs (freezing, gradient checkpointing), shard() shards it, and every rank reads only its own slices
+    of each stored tensor straight into its shards (torch.distributed.checkpoint's Hugging Face safetensors
+    reader), converting to float32. A discriminator's head comes from score_head.safetensors the same way.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    path = Path(path)
+    if not d.distributed or is_quantized(path):
+        # A quantised checkpoint is dequantised by transformers as it loads, whole on each rank, then sharded.
+        module = cls.from_pretrained(path, device=d.device)
+        if prepare:
+            prepare(module)
+        return shard(module, d, bf16)
+    module = cls(empty_hf_model(path))
+    if prepare:
+        prepare(module)
+    module = shard(module, d, bf16)
+    # File names: the HF model's own; the score head is "weight" in its file; a tied lm_head is the embedding.
+    stored = {name: tensor for name, tensor in get_model_state_dict(module).items()
+              if not (name == "hf.lm_head.weight" and module.hf.config.tie_word_embeddings)}
+    by_file_name = {("weight" if name == "head.weight" else name.removeprefix("hf.")): t for name, t in stored.items()}
+    if isinstance(module, Discriminator):
+        read_score_head(path, module.config.text_config.hidden_size)  # its own checks, before the collective read
+    dcp.load(by_file_name, storage_reader=dcp.HuggingFaceStorageReader(str(path)))
     return module
 
 

@@ -318,14 +318,11 @@ def main(args: Args, reward_fn: RewardFn = grading.example_reward) -> None:
         raise data.DataError(f"{missing[0]}: an RL prompt needs a ground-truth answer ({len(missing)} lack one)")
     prompts, dropped = batching.drop_long_prompts(processor, prompts, args.max_prompt_len)
     batching.require_some_kept(prompts, dropped, "prompts", "--max-prompt-len", args.max_prompt_len)
-    policy = model.Policy.from_pretrained(args.policy, device=d.device)
-    model.freeze_vision(policy.hf, args.freeze_vision, args.freeze_merger)
-    if args.gradient_checkpointing:
-        policy.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    policy = model.shard(policy, d, args.bf16)
+    policy = model.load_sharded(model.Policy, args.policy, d, args.bf16, model.training_setup(
+        args.freeze_vision, args.freeze_merger, args.gradient_checkpointing))
     ref_policy = None
     if args.kl_coef > 0:
-        ref_policy = model.shard(model.Policy.from_pretrained(args.policy, device=d.device), d, args.bf16).eval()
+        ref_policy = model.load_sharded(model.Policy, args.policy, d, args.bf16).eval()
         ref_policy.requires_grad_(False)
     warmup = round(-args.warmup_steps * args.steps) if args.warmup_steps < 0 else int(args.warmup_steps)
     optimizer, scheduler = run.make_optimizer(policy, args.lr, args.weight_decay, args.steps, warmup, "constant")

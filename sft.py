@@ -106,11 +106,8 @@ def main(args: Args) -> None:
     conversations = [c for f in args.data for c in data.load_sft(f, control)]
     conversations, dropped = batching.drop_long_conversations(processor, conversations, args.max_length)
     batching.require_some_kept(conversations, dropped, "conversations", "--max-length", args.max_length)
-    policy = model.Policy.from_pretrained(args.policy, device=d.device)
-    model.freeze_vision(policy.hf, args.freeze_vision, args.freeze_merger)
-    if args.gradient_checkpointing:
-        policy.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    policy = model.shard(policy, d, args.bf16)
+    policy = model.load_sharded(model.Policy, args.policy, d, args.bf16, model.training_setup(
+        args.freeze_vision, args.freeze_merger, args.gradient_checkpointing))
     policy.train()
     per_step = args.micro_batch * args.grad_accum * d.world_size
     total_steps = args.steps or math.ceil(args.epochs * len(conversations) / per_step)

@@ -367,13 +367,11 @@ def main_warmup(args: WarmupArgs) -> None:
         raise data.DataError(f"no usable pairs in {args.data} ({skipped} incomplete, {dropped} too long)")
     eval_pairs = drop_long_pairs(processor, data.load_pairs(args.eval_data, control)[0], args.max_length)[0] \
         if args.eval_data else []
-    disc = model.Discriminator.from_pretrained(args.discriminator, device=d.device)
-    disc.dropout.p = args.dropout
     # A text-only discriminator's vision encoder never runs: no gradient, no optimizer state to save.
-    model.freeze_vision(disc.hf, args.freeze_vision or args.disc_text_only, args.freeze_merger or args.disc_text_only)
-    if args.gradient_checkpointing:
-        disc.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    disc = model.shard(disc, d, args.bf16)
+    text_only = args.disc_text_only
+    disc = model.load_sharded(model.Discriminator, args.discriminator, d, args.bf16, model.training_setup(
+        args.freeze_vision or text_only, args.freeze_merger or text_only, args.gradient_checkpointing))
+    disc.dropout.p = args.dropout
     disc.train()
     lines_per_step = args.disc_micro_batch * args.grad_accum * d.world_size
     total_steps = args.steps or math.ceil(args.epochs * len(pairs) / lines_per_step)
