@@ -11,6 +11,7 @@ found before any training step; transformers' own load report is silenced, since
 import contextlib
 import copy
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -167,7 +168,9 @@ def load_hf_model(path: str | Path, dtype: torch.dtype | str = torch.float32, de
 
         quantized = dict(quantization_config=CompressedTensorsConfig(dequantize=True))
     try:
-        with _quiet_transformers():
+        with _quiet_transformers(), warnings.catch_warnings():
+            # transformers notes that ours (dequantize=True) overrides the checkpoint's loading options: intended
+            warnings.filterwarnings("ignore", message="You passed `quantization_config`")
             model, info = AutoModelForImageTextToText.from_pretrained(
                 str(path), config=config, dtype=dtype, use_safetensors=True, trust_remote_code=False,
                 output_loading_info=True, ignore_mismatched_sizes=True, **quantized)
