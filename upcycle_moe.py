@@ -169,7 +169,8 @@ def upcycle(dense, experts: int = 4, top_k: int = 2, noise_std: float = 0.01, ro
     moe.generation_config = type(dense.generation_config).from_dict(dense.generation_config.to_dict())
 
     g = torch.Generator().manual_seed(seed)
-    gaussian = (lambda shape, std: std * torch.randn(shape, generator=g, device=device))
+    # Drawn on the CPU, whatever the device: the same seed gives the same discriminator on CPU and GPU.
+    gaussian = (lambda shape, std: std * torch.randn(shape, generator=g).to(device))
     dense_state = dense.state_dict()
     used, sources = set(), []
     for key, target in disc.state_dict().items():
