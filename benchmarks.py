@@ -90,10 +90,14 @@ def _image_bytes(value, where: str, base: Path | None = None) -> data.ImageRef:
                     "name of a file beside the parquet")
 
 
-def _optional_image(value, where: str, base: Path) -> list[data.ImageRef]:
-    """A text-only item's image column is empty (MathVerse Text Only, HallusionBench non-image rows)."""
+def _optional_image(value, where: str, base: Path, text_only: bool) -> list[data.ImageRef]:
+    """The item's image, or none for an item the benchmark marks as text-only (MathVerse's Text Only version,
+    HallusionBench's visual_input 0), whose image column is empty. Any other item without its image is an
+    error: it would be asked without the picture it is about."""
     empty = value is None or (isinstance(value, str) and not value.strip()) or \
         (isinstance(value, dict) and value.get("bytes") is None and not value.get("path"))
+    if empty and not text_only:
+        raise DataError(f"{where}: no image, but the row is not marked text-only")
     return [] if empty else [_image_bytes(value, where, base)]
 
 
@@ -204,7 +208,8 @@ def mathverse_examples(path: Path, control: frozenset[str] = CONTROL_TOKENS) -> 
     for i, row in enumerate(data.read_parquet_rows(path)):
         where = f"{path}:row {i}"
         _require(row, ("sample_index", "problem_version", "query_wo", "answer", "question_type"), where)
-        images = _optional_image(row.get("image"), f"{where}: image", path.parent)
+        images = _optional_image(row.get("image"), f"{where}: image", path.parent,
+                                 text_only=str(row["problem_version"]).strip() == "Text Only")
         question = data.check_placeholders(_text(row, "query_wo", where, control), len(images), where, control)
         found = _MATHVERSE_CHOICE.findall(str(row.get("question") or "") or question)
         choices = [text for _, text in found] if [k for k, _ in found] == list(LETTERS[:len(found)]) else None
@@ -330,7 +335,8 @@ def hallusionbench_examples(path: Path, control: frozenset[str] = CONTROL_TOKENS
         truth = {"1": "yes", "0": "no"}.get(str(row["gt_answer"]).strip())
         if truth is None:
             raise DataError(f"{where}: gt_answer {row['gt_answer']!r} is neither '1' (yes) nor '0' (no)")
-        images = _optional_image(row.get("image"), f"{where}: image", path.parent)
+        images = _optional_image(row.get("image"), f"{where}: image", path.parent,
+                                 text_only=str(row.get("visual_input", "")).strip() == "0")
         question = data.check_placeholders(_text(row, "question", where, control), len(images), where, control)
         ids = {k: str(row[k]).strip() for k in keys[:5]}
         group = f"{ids['category']}/{ids['subcategory']}/{ids['set_id']}"
@@ -418,14 +424,14 @@ def benchmark_metrics(kind: str, records: list[dict]) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 # Each schema by the columns its file must have; the first match wins (MMMU has question_type, MMMU-Pro does
-# not; MathVision has decoded_image and question, MMMU-Pro's vision setting neither).
+# not; MathVision has question and level, MMMU-Pro's vision setting neither).
 SCHEMAS = [("mathvista", {"pid", "decoded_image", "query"}, mathvista_examples),
            ("mathverse", {"problem_version", "query_wo"}, mathverse_examples),
            ("wemath", {"ID", "key", "option", "image_path"}, wemath_examples),
            ("hallusionbench", {"gt_answer", "figure_id", "question_id", "set_id"}, hallusionbench_examples),
            ("mmmu", {"image_1", "options", "question_type"}, mmmu_examples),
            ("mmmu_pro", {"image_1", "options", "subject"}, mmmu_pro_examples),
-           ("mathvision", {"question", "options", "decoded_image"}, mathvision_examples),
+           ("mathvision", {"question", "options", "level", "subject"}, mathvision_examples),
            ("mmmu_pro", {"image", "options", "subject", "answer"}, mmmu_pro_examples),
            ("prompts", {"prompt", "reward_model"}, lambda path, control: data.load_prompts(path, control))]
 

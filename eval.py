@@ -33,7 +33,7 @@ Usage:
     torchrun --nproc_per_node 8 eval.py --policy Qwen3-VL-4B-Instruct-SFT Qwen3-VL-4B-Instruct-SFT-PRISM \
         --data 'MathVista/data/testmini-*.parquet' MathVerse-lmmseval/testmini.parquet \
             'MathVision/data/testmini-*.parquet' 'We-Math/testmini-*.parquet' 'MMMU/*/validation-*.parquet' \
-            'MMMU_Pro/standard (10 options)/test-*.parquet' HallusionBench/image.parquet \
+            'MMMU_Pro/*[1v][0i]*/test-*.parquet' HallusionBench/image.parquet \
         --data-names MathVista MathVerse MathVision WeMath MMMU MMMU-Pro HallusionBench --out results.json
     # the paper's sampled decoding instead of greedy: add  --sample --temperature 1.0 --top-p 0.7
 

@@ -74,15 +74,21 @@ def stored_weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """The tensor names and shapes of a directory's model safetensors files, read from their headers alone."""
     from safetensors import safe_open
 
-    shapes = {}
+    shapes, where = {}, {}
     for file in sorted(path.glob("*.safetensors")):
         if file.name == SCORE_HEAD_FILE:
             continue
         try:
             with safe_open(str(file), framework="pt") as f:
-                shapes |= {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+                found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         except Exception as e:  # safetensors raises its own error types for a damaged header
             raise DataError(f"{file}: not a readable safetensors file: {e}") from None
+        # Two files holding one tensor (a stale copy beside a sharded set): which one loads would depend on the loader.
+        if twice := sorted(found.keys() & shapes.keys()):
+            raise DataError(f"{path}: {twice[0]} is stored in both {where[twice[0]]} and {file.name}; remove the "
+                            "stale file")
+        shapes |= found
+        where |= dict.fromkeys(found, file.name)
     return shapes
 
 
@@ -109,7 +115,7 @@ def _config(path: Path, stored: set[str]):
     try:
         with _quiet_transformers():
             config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    except (OSError, ValueError, TypeError, KeyError) as e:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
         raise DataError(f"{path}/config.json: not a usable {config_dict['model_type']} config: {e}") from None
     text = config.get_text_config()
     if "lm_head.weight" not in stored and \
@@ -160,10 +166,11 @@ def load_hf_model(path: str | Path, dtype: torch.dtype | str = torch.float32, de
 
     path = Path(path)
     stored = stored_weight_names(path)
+    quantized = {}
+    dequantize = is_quantized(path)
     config = _config(path, stored)
     tied = "lm_head.weight" not in stored and config.tie_word_embeddings
-    quantized = {}
-    if is_quantized(path):  # FP8 (compressed-tensors): dequantised on the way in, by transformers' integration
+    if dequantize:  # FP8 (compressed-tensors): dequantised on the way in, by transformers' integration
         from transformers import CompressedTensorsConfig
 
         quantized = dict(quantization_config=CompressedTensorsConfig(dequantize=True))
@@ -188,7 +195,10 @@ def load_hf_model(path: str | Path, dtype: torch.dtype | str = torch.float32, de
 def is_quantized(path: Path) -> bool:
     """Whether config.json declares a quantised checkpoint; only compressed-tensors (FP8 and other float or
     integer schemes written by llm-compressor) is read, dequantised."""
-    method = (read_config(path).get("quantization_config") or {}).get("quant_method")
+    quantization = read_config(path).get("quantization_config")
+    if quantization is not None and not isinstance(quantization, dict):
+        raise DataError(f"{path}/config.json: quantization_config must be an object, got {quantization!r:.80}")
+    method = (quantization or {}).get("quant_method")
     if method not in (None, "compressed-tensors"):
         raise DataError(f"{path}/config.json: quant_method {method!r} is not read; only compressed-tensors "
                         "checkpoints (llm-compressor's FP8 and others) are, dequantised")

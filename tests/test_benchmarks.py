@@ -193,6 +193,8 @@ def test_hallusionbench_yes_no_and_its_groups(tmp_path):
     (mathvision_rows, MATHVISION, {"answer": "F"}, "answer 'F' is not the letter of one of 5 options"),
     (mmmu_pro_rows, MMMU_PRO, {"image_1": None}, "(<image 1>): an image must be"),
     (mathverse_rows, MATHVERSE, {"image": {"bytes": None, "path": "fig.png"}}, "image 'fig.png' is neither embedded"),
+    (mathverse_rows, MATHVERSE, {"image": None}, "image: no image, but the row is not marked text-only"),
+    (hallusion_rows, HALLUSION, {"image": None}, "image: no image, but the row is not marked text-only"),
 ])
 def test_rows_that_cannot_be_asked_as_published_are_refused(tmp_path, builder, schema, change, message):
     path = _write([builder()[0] | change], schema, tmp_path / "bench.parquet")
@@ -320,3 +322,41 @@ def test_benchmarks_figure_draws_every_benchmark(tmp_path):
                            tmp_path / "fig.png"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert Image.open(tmp_path / "fig.png").size[0] >= 1200
+
+
+def test_a_text_only_hallusionbench_row_is_asked_without_an_image(tmp_path):
+    row = hallusion_rows()[0] | {"visual_input": "0", "image": None, "category": "VS", "figure_id": "0"}
+    _, (item,) = benchmarks.load_benchmark_file(_write([row], HALLUSION, tmp_path / "non_image.parquet"))
+    assert item.images == [] and item.meta["no_visual"] and "<image>" not in item.question
+
+
+def test_each_schema_is_read_by_its_own_adapter_even_without_optional_columns(tmp_path):
+    """MathVision with its image only as a path beside the file (no decoded_image) is still MathVision,
+    not MMMU-Pro's vision setting, which shares image, options, answer and subject."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "9.jpg").write_bytes(_png((0, 0, 90)))
+    schema = [c for c in MATHVISION if c[0] != "decoded_image"]
+    rows = [{k: v for k, v in mathvision_rows()[1].items() if k != "decoded_image"}]
+    kind, (item,) = benchmarks.load_benchmark_file(_write(rows, schema, tmp_path / "testmini.parquet"))
+    assert kind == "mathvision" and item.images == [tmp_path / "images" / "9.jpg"] and item.answer == "12"
+
+
+def test_a_tensor_stored_twice_is_refused(tiny_dir, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    import hf_checkpoint
+
+    shutil.copytree(tiny_dir, tmp_path / "m")
+    (weights,) = (tmp_path / "m").glob("*.safetensors")
+    state = load_file(weights)
+    name = sorted(state)[0]
+    save_file({name: state[name]}, tmp_path / "m" / "stale.safetensors")
+    with pytest.raises(data.DataError, match=f"{name.replace('.', '[.]')} is stored in both"):
+        hf_checkpoint.load_hf_model(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "stale.safetensors").unlink()
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config | {"quantization_config": "fp8"}))
+    with pytest.raises(data.DataError, match="quantization_config must be an object"):
+        hf_checkpoint.load_hf_model(tmp_path / "m")
