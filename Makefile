@@ -5,12 +5,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 DEMO   ?= runs/demo
 
-.PHONY: test demo bench lint clean
+.PHONY: test demo reproduce ablations bench lint clean
 
-$(VENV)/.installed: requirements.txt
+# The lock file pins what the README's numbers were measured with; requirements.txt gives the ranges.
+$(VENV)/.installed: requirements.lock requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.lock
 	touch $@
 
 test: $(VENV)/.installed
@@ -22,6 +23,12 @@ lint: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	bash scripts/demo.sh $(DEMO)
+
+ablations: $(VENV)/.installed
+	bash scripts/ablations.sh $(DEMO)
+
+reproduce: $(VENV)/.installed
+	bash scripts/reproduce.sh runs/reproduce
 
 bench: $(VENV)/.installed
 	$(PY) -m bench

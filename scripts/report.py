@@ -1,19 +1,33 @@
-"""The demo's report: the paper-style table of the five checkpoints and a PNG of the training curves.
+"""The demo's report: the paper-style table of the checkpoints, the training curves, and the paper's
+distribution proxies (spec §9.4) — description items per caption and reasoning steps per <think> —
+for the teacher's demonstrations and each checkpoint.
 
     python scripts/report.py runs/demo
+    python scripts/report.py runs/demo/ablations --table-only
 
-Reads OUT/results.json (eval.py) and the metrics.jsonl of the alignment and both GRPO runs;
-writes OUT/curves.png and OUT/table.md and prints the table.
+Reads OUT/results.json (eval.py), OUT/data (the teacher's texts) and the metrics.jsonl of the alignment
+and RL runs; writes OUT/table.md, OUT/curves.png and OUT/proxies.png, and prints the table.
 """
 
+import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
+import pyarrow.parquet as pq
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import data  # noqa: E402
+
+COLUMNS = [("accuracy", "accuracy %", 100), ("format_rate", "format %", 100),
+           ("caption_fact_precision", "caption facts right %", 100), ("caption_right_rate", "captions right %", 100),
+           ("caption_items_mean", "items / caption", 1), ("reasoning_steps_mean", "steps / think", 1),
+           ("mean_tokens", "tokens", 1)]
 
 
 def metrics(path: Path) -> list[dict]:
@@ -29,43 +43,100 @@ def curve(rows: list[dict], key: str, window: int = 5) -> tuple[list[int], list[
     return steps, smooth
 
 
+def summaries(results: dict) -> dict[str, dict]:
+    """Checkpoint name → its summary on the (single) benchmark of the run."""
+    return {name: next(iter(r["benchmarks"].values()))["summary"] for name, r in results["results"].items()}
+
+
 def table(results: dict) -> str:
-    bench = next(iter(next(iter(results["results"].values()))["benchmarks"]))
-    types = sorted(next(iter(results["results"].values()))["benchmarks"][bench]["summary"]["accuracy_by_type"])
-    lines = ["| model | accuracy % | format % | mean tokens | " + " | ".join(types) + " |",
-             "|---" * (4 + len(types)) + "|"]
-    for name, r in results["results"].items():
-        s = r["benchmarks"][bench]["summary"]
-        by_type = " | ".join(f"{100 * s['accuracy_by_type'][t]['accuracy']:.0f}" for t in types)
-        lines.append(f"| {name} | {100 * s['accuracy']:.1f} | {100 * s['format_rate']:.1f} | "
-                     f"{s['mean_tokens']:.1f} | {by_type} |")
+    s = summaries(results)
+    types = sorted(next(iter(s.values()))["accuracy_by_type"])
+    head = [label for _, label, _ in COLUMNS] + [f"{t} %" for t in types]
+    lines = ["| model | " + " | ".join(head) + " |", "|---" * (1 + len(head)) + "|"]
+    for name, summary in s.items():
+        cells = [f"{scale * summary[key]:.1f}" if summary.get(key) is not None else "–" for key, _, scale in COLUMNS]
+        cells += [f"{100 * summary['accuracy_by_type'][t]['accuracy']:.0f}" for t in types]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def main(out: Path) -> None:
-    results = json.loads((out / "results.json").read_text())
-    md = table(results)
-    (out / "table.md").write_text(md + "\n")
-    print(md)
+def teacher_proxies(data_dir: Path) -> tuple[list[int], list[int]]:
+    """(items per caption, steps per think) of the teacher's demonstrations in the alignment parquet."""
+    rows = pq.read_table(data_dir / "align.parquet", columns=["teacher_caption", "teacher_cot"]).to_pylist()
+    return ([len(data.caption_items(r["teacher_caption"])) for r in rows],
+            [data.reasoning_steps(r["teacher_cot"]) for r in rows])
 
-    align, runs = metrics(out / "prism"), {"SFT→GRPO": metrics(out / "sft_grpo"),
-                                           "PRISM→GRPO": metrics(out / "prism_grpo")}
+
+def checkpoint_proxies(results: dict, skip: tuple[str, ...] = ("Base",)) -> dict[str, tuple[list[int], list[int]]]:
+    """Checkpoint name → (items per caption, steps per think) of its well-formed responses, all benchmarks pooled."""
+    sources = {}
+    for name, r in results["results"].items():
+        if name not in skip:
+            items = [i for b in r["benchmarks"].values() for i in b["items"]]
+            sources[name] = ([i["caption_items"] for i in items if i["caption_items"] is not None],
+                             [i["reasoning_steps"] for i in items if i["reasoning_steps"] is not None])
+    return sources
+
+
+def proxy_histograms(axes, sources: dict[str, tuple[list[int], list[int]]]) -> None:
+    """Two panels: the share of responses with each count of description items, and of reasoning steps."""
+    width = 0.8 / len(sources)
+    for ax, k, title in ((axes[0], 0, "description items per caption"), (axes[1], 1, "reasoning steps per <think>")):
+        for j, (name, values) in enumerate(sources.items()):
+            counts = Counter(values[k])
+            xs = sorted(counts)
+            ax.bar([x + (j - len(sources) / 2) * width + width / 2 for x in xs],
+                   [counts[x] / max(len(values[k]), 1) for x in xs], width, label=name)
+        ax.set(title=title, xlabel="count", ylabel="share of well-formed responses")
+        ax.legend()
+        ax.grid(alpha=0.3)
+
+
+def proxies_figure(results: dict, data_dir: Path, out: Path) -> None:
+    """Histograms of the two structural proxies, teacher first, then each trained checkpoint."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+    proxy_histograms(axes, {"teacher": teacher_proxies(data_dir)} | checkpoint_proxies(results))
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+
+
+def curves_figure(out_dir: Path, out: Path) -> None:
+    runs = {p.name: metrics(p) for p in sorted(out_dir.glob("*_*")) if (p / "metrics.jsonl").is_file()
+            and p.name.split("_")[0] in ("sft", "prism")}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    align = metrics(out_dir / "prism")
     for expert in ("perception", "reasoning"):
         axes[0].plot(*curve(align, f"disc/{expert}/gap"), label=f"{expert} expert")
-    axes[0].set(title="alignment: teacher − student score (per expert)", xlabel="step", ylabel="gap")
+    axes[0].set(title="alignment: teacher − policy score (per expert)", xlabel="step", ylabel="gap")
     for name, rows in runs.items():
-        axes[1].plot(*curve(rows, "reward/mean"), label=name)
-        axes[2].plot(*curve(rows, "reward/accuracy"), label=name)
+        axes[1].plot(*curve(rows, "reward/mean"), label=name.replace("_", "→").upper())
+        axes[2].plot(*curve(rows, "reward/accuracy"), label=name.replace("_", "→").upper())
     axes[1].set(title="RLVR: mean reward", xlabel="step")
     axes[2].set(title="RLVR: training accuracy", xlabel="step")
     for ax in axes:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=100)
-    print(f"wrote {out / 'curves.png'} and {out / 'table.md'}")
+    fig.savefig(out, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="the demo's table and figures")
+    parser.add_argument("out", type=Path, nargs="?", default=Path("runs/demo"), help="a demo (or ablations) run")
+    parser.add_argument("--table-only", action="store_true", help="write table.md only (scripts/ablations.sh)")
+    args = parser.parse_args()
+    out = args.out
+    results = json.loads((out / "results.json").read_text())
+    md = table(results)
+    (out / "table.md").write_text(md + "\n")
+    print(md)
+    if args.table_only:
+        print(f"wrote {out / 'table.md'}")
+        return
+    curves_figure(out, out / "curves.png")
+    proxies_figure(results, out / "data", out / "proxies.png")
+    print(f"wrote {out / 'table.md'}, {out / 'curves.png'} and {out / 'proxies.png'}")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo"))
+    main()

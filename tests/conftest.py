@@ -26,7 +26,7 @@ def synth_dir(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("synth")
     synthesize(out, seed=0, n_sft_teacher=32, n_sft_public=32, n_align=16, n_rl=16, n_pairs=48,
-                    n_pairs_test=16, n_test=16)
+                    n_pairs_test=16, n_val=16, n_test=16)
     return out
 
 

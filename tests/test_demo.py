@@ -20,3 +20,26 @@ def test_demo_pipeline_smoke(tmp_path):
     table = (out / "table.md").read_text().splitlines()
     assert [line.split("|")[1].strip() for line in table[2:]] == list(results)
     assert "demo finished" in proc.stdout
+    assert (out / "proxies.png").stat().st_size > 10_000
+
+    # The ablation rows (scripts/ablations.sh) from the same run, at the same smallest size.
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "HOME": str(tmp_path),
+           "WARMUP_STEPS": "2", "ALIGN_STEPS": "1", "RL_STEPS": "1", "NEW_TOKENS": "8"}
+    proc = subprocess.run(["bash", "scripts/ablations.sh", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ablations = json.loads((out / "ablations" / "results.json").read_text())["results"]
+    assert list(ablations) == ["SFT", "PRISM", "PRISM-dense", "PRISM-text", "SFT+GRPO", "PRISM+GRPO",
+                               "PRISM-dense+GRPO", "PRISM-text+GRPO"]
+    assert "discriminator dense" in proc.stdout and "text only" in proc.stdout
+
+    # The multi-seed table (scripts/seeds.py), here over the one run seen twice: every spread is 0.
+    for seed in ("seed0", "seed1"):
+        (tmp_path / seed).symlink_to(out)
+    proc = subprocess.run([sys.executable, "scripts/seeds.py", tmp_path / "seed0", tmp_path / "seed1", "--out",
+                           tmp_path], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    accuracy, _, differences = (section.splitlines() for section in
+                                (tmp_path / "seeds-synthetic-test.md").read_text().split("### ")[1:])
+    assert next(line for line in accuracy if line.startswith("| SFT+GRPO |")).endswith("± 0.0 (n=2) |")
+    assert any(line.startswith("| Δ PRISM+GRPO − SFT+GRPO (headline) | +0.0 | +0.0 |") for line in differences)

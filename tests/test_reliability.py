@@ -608,7 +608,6 @@ def test_rlvr_rank_whose_dynamic_sampling_keeps_nothing_stays_in_lockstep(tiny_d
     order = batching.stream_indices(len(records), 0, 0, 8)
     for k, i in enumerate(order):
         records[i]["answer"] = ("NEVER", "ALWAYS")[k % 2] if k % 4 >= 2 else "5"
-        records[i]["choices"] = None  # the scripted answers name no option
     for r in records:
         r["images"] = [str(synth_dir / image) for image in r["images"]]
     prompts = tmp_path / "prompts.jsonl"

@@ -46,9 +46,7 @@ def test_each_algorithm_runs_with_finite_metrics(tiny_dir, synth_dir, tmp_path, 
 
 def _prompts_file(tmp_path, synth_dir, answers):
     lines = (synth_dir / "test.jsonl").read_text().splitlines()
-    # The scripted answers name no option, so the items are asked without choices.
-    records = [json.loads(line) | {"answer": a, "choices": None,
-                                   "images": [str(synth_dir / json.loads(line)["images"][0])]}
+    records = [json.loads(line) | {"answer": a, "images": [str(synth_dir / json.loads(line)["images"][0])]}
                for line, a in zip(lines, answers)]
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -15,10 +15,11 @@ from toy.world import synthesize, synthetic_corpus
 
 VALID = re.compile(r"^\s*(<caption>.*?</caption>)\s*(<think>.*?</think>\s*<answer>.*?</answer>)\s*$", re.DOTALL)
 CELLS = ("top-left", "top-right", "bottom-left", "bottom-right")
-SIDES = {"circle": 0, "square": 4, "triangle": 3}
-TYPES = {"count", "color", "where", "sides", "compare"}
+COLORS = ("red", "green", "blue", "yellow")
+TYPES = {"count_color", "color", "exists"}
 SMALL = {"n_sft_teacher": 10, "n_sft_public": 20, "n_align": 5, "n_rl": 5, "n_pairs": 10, "n_pairs_test": 5,
-         "n_test": 10}
+         "n_val": 5, "n_test": 10}
+CONFUSED = {("yellow", "green")}  # what the public source may report instead
 
 
 @pytest.fixture(scope="module")
@@ -43,20 +44,11 @@ def _pixel_color(rgb):
     raise AssertionError(f"unclassifiable colour {rgb}")
 
 
-def _pixel_shape(mask):
-    ys, xs = np.nonzero(mask)
-    fill = mask.sum() / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
-    # Filled fraction of the bounding box: square 1, circle pi/4, triangle 1/2.
-    if fill > 0.93:
-        return "square"
-    return "circle" if fill > 0.68 else "triangle"
-
-
 _layout_cache: dict = {}
 
 
 def read_layout(png_path):
-    """Per cell: None or (shape, color), from the image alone."""
+    """Per quadrant: None or the circle's colour, from the image alone."""
     key = str(png_path)
     if key not in _layout_cache:
         a = np.asarray(Image.open(png_path).convert("RGB")).astype(int)
@@ -67,54 +59,32 @@ def read_layout(png_path):
             for c in (0, 1):
                 cell = a[32 * r:32 * r + 32, 32 * c:32 * c + 32]
                 mask = np.abs(cell - background).sum(-1) > 60
-                if mask.sum() < 50:
-                    cells.append(None)
-                    continue
-                cells.append((_pixel_shape(mask), _pixel_color(cell[mask].mean(0))))
+                cells.append(_pixel_color(cell[mask].mean(0)) if mask.sum() >= 50 else None)
         _layout_cache[key] = tuple(cells)
     return _layout_cache[key]
 
 
-def parse_choices(question):
-    return dict(re.findall(r"\(([A-D])\) ([a-z-]+)", question))
-
-
 def solve(layout, question):
     """The correct answer to `question` about `layout`, from the question text alone."""
-    shapes = [s for s in layout if s]
-    choices = parse_choices(question)
-    letter = {v: k for k, v in choices.items()}
-    if question.startswith("How many shapes"):
-        return str(len(shapes))
-    if "total number of sides" in question:
-        return str(sum(SIDES[s] for s, _ in shapes))
-    m = re.match(r"How many more (\w+) shapes than (\w+) shapes", question)
-    if m:
-        a, b = m.groups()
-        return str(sum(c == a for _, c in shapes) - sum(c == b for _, c in shapes))
-    m = re.match(r"What color is the (\w+)\?", question)
-    if m:
-        (color,) = [c for s, c in shapes if s == m.group(1)]
-        return letter[color]
-    m = re.match(r"Where is the (\w+) (\w+)\?", question)
+    if m := re.match(r"How many (\w+) circles", question):
+        return str(layout.count(m.group(1)))
+    if m := re.match(r"What color is the circle at the ([a-z-]+)\?", question):
+        return layout[CELLS.index(m.group(1))] or "none"
+    m = re.match(r"Is there a (\w+) circle in the image\?", question)
     assert m, question
-    (cell,) = [CELLS[i] for i, s in enumerate(layout) if s == (m.group(2), m.group(1))]
-    return letter[cell]
+    return "yes" if m.group(1) in layout else "no"
 
 
 def caption_layout(caption):
-    cells = [None] * 4
-    for color, shape, cell in re.findall(r"^- (\w+) (\w+) at ([a-z-]+)$", caption, re.MULTILINE):
-        cells[CELLS.index(cell)] = (shape, color)
+    """Per quadrant: None or a colour, as the caption states it; "?" for a quadrant it leaves out."""
+    cells = ["?"] * 4
+    for cell, what in re.findall(r"^- ([a-z-]+): (empty|\w+ circle)$", caption, re.MULTILINE):
+        cells[CELLS.index(cell)] = None if what == "empty" else what.split()[0]
     return tuple(cells)
 
 
 def answer_of(response):
     return re.search(r"<answer>(.*?)</answer>", response, re.DOTALL).group(1).strip()
-
-
-def stem(question):
-    return question.split("\nChoices:")[0]
 
 
 def sft_turns(record):
@@ -141,7 +111,7 @@ def verl_items(paths, name):
     items = []
     for row in rows:
         png = io.BytesIO(row["images"][0]["bytes"])
-        items.append((png, row["prompt"][1]["content"][len("<image>\n"):-1], row))
+        items.append((png, row["prompt"][1]["content"][len("<image>\n"):], row))
     return items
 
 
@@ -155,29 +125,28 @@ def test_determinism_per_seed(tmp_path):
     a = files(synthesize(tmp_path / "a", seed=0, **SMALL)["test"].parent)
     b = files(synthesize(tmp_path / "b", seed=0, **SMALL)["test"].parent)
     c = files(synthesize(tmp_path / "c", seed=1, **SMALL)["test"].parent)
-    assert len(a) == 10 + 20 + 5 + 5 + 10 + 5 + 10 + 7
+    assert len(a) == sum(SMALL.values()) + 8
     assert a == b
     assert a.keys() == c.keys()
     assert all(a[k] != c[k] for k in a if k.suffix != ".png")
-    assert sum(a[k] != c[k] for k in a if k.suffix == ".png") > 0.9 * (len(a) - 7)
+    assert sum(a[k] != c[k] for k in a if k.suffix == ".png") > 0.9 * (len(a) - 8)
 
 
 def test_files_and_image_paths(paths):
-    assert set(paths) == {"images", "sft_teacher", "sft_public", "align", "rl", "pairs", "pairs_test", "test"}
-    sizes = {"sft_teacher": 200, "sft_public": 600, "pairs": 400, "pairs_test": 100, "test": 100}
+    assert set(paths) == {"images", "sft_teacher", "sft_public", "align", "rl", "pairs", "pairs_test", "val", "test"}
+    sizes = {"sft_teacher": 1000, "sft_public": 3000, "pairs": 1000, "pairs_test": 200, "val": 200, "test": 200}
     for name, n in sizes.items():
         records = _jsonl(paths[name])
         assert len(records) == n
         for r in records:
             images = r["images"] if "images" in r else [r["image"]]
             assert all((paths[name].parent / p).is_file() for p in images)
-    assert pq.read_table(paths["align"]).num_rows == 64 and pq.read_table(paths["rl"]).num_rows == 128
-    assert len(list(paths["images"].glob("*.png"))) == 200 + 600 + 64 + 128 + 400 + 100 + 100
+    assert pq.read_table(paths["align"]).num_rows == 256 and pq.read_table(paths["rl"]).num_rows == 512
+    assert len(list(paths["images"].glob("*.png"))) == sum(sizes.values()) + 256 + 512
 
 
 def question_type(question):
-    for prefix, kind in (("How many shapes", "count"), ("What color", "color"), ("Where", "where"),
-                         ("What is the total number of sides", "sides"), ("How many more", "compare")):
+    for prefix, kind in (("How many", "count_color"), ("What color", "color"), ("Is there", "exists")):
         if question.startswith(prefix):
             return kind
     raise AssertionError(question)
@@ -185,22 +154,24 @@ def question_type(question):
 
 def test_teacher_answers_match_pixels(paths):
     root = paths["test"].parent
-    items = [(image, q, resp) for image, q, resp in sft_items(paths, "sft_teacher")]
+    items = [(image, q, resp) for image, q, resp in sft_items(paths, "sft_teacher")[:300]]
     items += [(root / r["image"], r["prompt"], r["teacher_caption"] + "\n" + r["teacher_cot"])
-              for r in _jsonl(paths["pairs"])]
+              for r in _jsonl(paths["pairs"])[:200]]
     for name in ("align", "rl"):
-        for png, question, row in verl_items(paths, name):
+        for png, question, row in verl_items(paths, name)[:100]:
             assert row["extra_info"]["type"] == question_type(question)
             assert row["extra_info"]["answer"] == row["reward_model"]["ground_truth"] == answer_of(row["teacher_cot"])
             items.append((png, question, row["teacher_caption"] + "\n" + row["teacher_cot"]))
-    assert {question_type(q) for _, q, _ in items} == TYPES and len(items) >= 30
+    assert {question_type(q) for _, q, _ in items} == TYPES
     for image, question, response in items:
         layout = read_layout(image)
-        assert caption_layout(response) == layout, response
+        assert caption_layout(response) == layout, response  # every quadrant, empty ones included
         assert answer_of(response) == solve(layout, question), (question, response)
-    for r in _jsonl(paths["test"]):
-        assert r["type"] == question_type(r["question"])
-        assert r["answer"] == solve(read_layout(root / r["images"][0]), r["question"])
+    for name in ("val", "test"):
+        for r in _jsonl(paths[name]):
+            layout = read_layout(root / r["images"][0])
+            assert r["type"] == question_type(r["question"]) and caption_layout(r["teacher_caption"]) == layout
+            assert r["answer"] == solve(layout, r["question"])
 
 
 def test_teacher_format(paths):
@@ -214,62 +185,65 @@ def test_teacher_format(paths):
         assert m.groups() == (r["teacher_caption"], r["teacher_cot"])
     for response in responses:
         assert VALID.match(response), response
-        assert "<think>\n" in response and "\n</think>\n<answer>" in response
-        assert len(response.split()) < 100
+        think = response.split("<think>\n")[1].split("\n</think>")[0]
+        assert response.count("\n- ") == 4 and len(think.splitlines()) == 2, response
 
 
-def test_public_source_is_noisy_and_terse(paths):
+def test_public_source_is_terse_and_misperceives_only_through_its_confusions(paths):
     records = _jsonl(paths["sft_public"])
-    spellings = {"messages" in r for r in records}
-    assert spellings == {True, False}
-    wrong = 0
-    items = sft_items(paths, "sft_public")
-    for image, question, response in items:
+    assert {"messages" in r for r in records} == {True, False}
+    yellow = yellow_as_green = 0
+    for image, question, response in sft_items(paths, "sft_public"):
         assert VALID.match(response), response
-        assert " at " not in response.split("</caption>")[0]
-        wrong += answer_of(response) != solve(read_layout(image), question)
-    assert 0.15 <= wrong / len(items) <= 0.35
+        layout, said = read_layout(image), caption_layout(response)
+        think = response.split("<think>\n")[1].split("\n</think>")[0]
+        assert "empty" not in response and len(think.splitlines()) == 1  # terse: shapes only, one step
+        for s, t in zip(said, layout):
+            assert (s == "?") == (t is None) and (s == t or (t, s) in CONFUSED or t is None), (said, layout)
+            yellow += t == "yellow"
+            yellow_as_green += t == "yellow" and s == "green"
+        # It reasons correctly from what it saw.
+        assert solve(tuple(None if s == "?" else s for s in said), question) == answer_of(response)
+    assert 0.75 <= yellow_as_green / yellow <= 0.85  # PUBLIC_CONFUSIONS: yellow seen as green 80 % of the time
 
 
-def test_student_differs_from_teacher(paths):
+def test_students_write_as_the_teacher_and_differ_in_content(paths):
     for name in ("pairs", "pairs_test"):
         records = _jsonl(paths[name])
-        wrong = 0
+        answer_wrong = 0
         for r in records:
             layout = read_layout(paths[name].parent / r["image"])
-            assert r["student_caption"] != r["teacher_caption"]
-            assert caption_layout(r["student_caption"]) != layout == caption_layout(r["teacher_caption"])
-            assert VALID.match(r["student_caption"] + "\n" + r["student_cot"])
-            wrong += answer_of(r["student_cot"]) != solve(layout, r["prompt"])
-        assert 0.3 <= wrong / len(records) <= 0.7
+            student = r["student_caption"] + "\n" + r["student_cot"]
+            think = r["student_cot"].split("<think>\n")[1].split("\n</think>")[0]
+            assert VALID.match(student) and student.count("\n- ") == 4 and len(think.splitlines()) == 2
+            assert caption_layout(r["student_caption"]) != layout and r["student_cot"] != r["teacher_cot"], r
+            answer_wrong += answer_of(r["student_cot"]) != solve(layout, r["prompt"])
+        assert answer_wrong / len(records) >= 0.8
 
 
 def test_heldout_disjoint_from_training(paths):
     root = paths["test"].parent
     train = set()
     for name in ("sft_teacher", "sft_public"):
-        train |= {(read_layout(image), stem(q)) for image, q, _ in sft_items(paths, name)}
-    train |= {(read_layout(root / r["image"]), stem(r["prompt"])) for r in _jsonl(paths["pairs"])}
+        train |= {(read_layout(image), q) for image, q, _ in sft_items(paths, name)}
+    train |= {(read_layout(root / r["image"]), r["prompt"]) for r in _jsonl(paths["pairs"])}
     for name in ("align", "rl"):
-        train |= {(read_layout(png), stem(q)) for png, q, _ in verl_items(paths, name)}
-    test = [(read_layout(root / r["images"][0]), stem(r["question"])) for r in _jsonl(paths["test"])]
-    test += [(read_layout(root / r["image"]), stem(r["prompt"])) for r in _jsonl(paths["pairs_test"])]
-    assert len(train) > 500
-    assert not set(test) & train
+        train |= {(read_layout(png), q) for png, q, _ in verl_items(paths, name)}
+    heldout = [(read_layout(root / r["images"][0]), r["question"]) for name in ("val", "test")
+               for r in _jsonl(paths[name])]
+    heldout += [(read_layout(root / r["image"]), r["prompt"]) for r in _jsonl(paths["pairs_test"])]
+    assert len(train) > 2000
+    assert not set(heldout) & train
 
 
 def test_test_split_schema(paths):
     records = _jsonl(paths["test"])
     assert {r["type"] for r in records} == TYPES
     for r in records:
-        assert set(r) == {"id", "question", "images", "answer", "type", "choices"}
+        assert set(r) == {"id", "question", "images", "answer", "type", "teacher_caption"}
         assert r["images"] == [f"images/{r['id']}.png"]
-        if r["type"] in ("color", "where"):
-            assert len(r["choices"]) == 4 and r["answer"] in "ABCD"
-            assert parse_choices(r["question"]) == dict(zip("ABCD", r["choices"]))
-            assert r["question"].endswith("Choices: " + " ".join(f"({k}) {v}" for k, v in zip("ABCD", r["choices"])))
-        else:
-            assert r["choices"] is None and re.fullmatch(r"-?\d+", r["answer"])
+        assert re.fullmatch(r"[0-4]", r["answer"]) if r["type"] == "count_color" else \
+            r["answer"] in ({"yes", "no"} if r["type"] == "exists" else COLORS)
 
 
 def test_parquet_schema(paths):
@@ -293,7 +267,7 @@ def test_parquet_schema(paths):
             assert row["extra_info"]["index"] == index and row["extra_info"]["split"] == name
             assert [m["role"] for m in row["prompt"]] == ["system", "user"]
             assert row["prompt"][0]["content"] == SYSTEM_PROMPT
-            assert row["prompt"][1]["content"] == f"<image>\n{row['extra_info']['question']}\n"
+            assert row["prompt"][1]["content"] == f"<image>\n{row['extra_info']['question']}"
             (image,) = row["images"]
             assert image["path"] is None
             assert Image.open(io.BytesIO(image["bytes"])).format == "PNG"
@@ -305,4 +279,4 @@ def test_corpus():
     assert texts[0] == SYSTEM_PROMPT and len(texts) == 1 + 50 * 4
     responses = [t for t in texts if t.startswith("<caption>")]
     assert len(responses) == 150 and all(VALID.match(t) for t in responses)
-    assert any("Choices: (A)" in t for t in texts)
+    assert {t.split()[0] for t in texts if not t.startswith(("<caption>", "You"))} == {"How", "What", "Is"}

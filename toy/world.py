@@ -1,12 +1,26 @@
-"""The synthetic shapes task: a tiny world in which the whole pipeline runs without downloads.
+"""The synthetic shapes task: a tiny world in which each stage of PRISM has something to fix.
 
-It mirrors the paper's data story at toy scale: a perfect programmatic teacher (the high-fidelity
-Gemini distill), a terser and ~25%-wrong public source (the 1.26M public demonstrations), a weaker
-student for discriminator warm-up pairs, verl-style alignment/RL parquets and a held-out test
-split, each in the published on-disk format. Images are 64×64 with one 32×32 cell per vision
-token, so every cell is one token.
+Each image holds one to four coloured circles, one per quadrant. The world mirrors the paper's data
+story at toy scale (spec §1, §9.4):
+  - a perfect programmatic teacher (the high-fidelity Gemini distill): every quadrant described,
+    "- top-left: red circle" or "- top-left: empty", and a two-step derivation from that caption;
+  - a public source (the 1.26M public demonstrations) that outnumbers the teacher three to one, writes
+    tersely (circles only, a one-line derivation) and misperceives systematically: it sees yellow as
+    green most of the time (PUBLIC_CONFUSIONS) and reasons correctly from what it saw — so SFT on the
+    mixture inherits a perception error, and answers that depend on it go wrong;
+  - warm-up students that write exactly as the teacher does but get the content wrong (a misperceived
+    caption reasoned from consistently, or a right caption with a slip in the reasoning), so that the
+    discriminator can only tell them apart by checking the caption against the picture;
+  - verl-style alignment/RL parquets, a validation split for choosing hyperparameters, and a held-out
+    test split that carries the teacher's caption, so that evaluation can score each caption's facts.
 
-    python -m toy.world --out DIR [--seed N] [--n-test 100 ...]
+Questions are one lookup or count away from a right caption: how many circles of a colour, the colour
+in a quadrant, whether a colour is there. Answers are a number or one word. Images are 64×64 with one
+32×32 quadrant per vision token. Two things were tried and dropped because the 1.2M-parameter model did
+not learn them within the demo's budget (results/search.md): shape kinds as a second attribute, and
+"where is the <colour> circle?" (held-out accuracy stayed at chance after SFT and RL).
+
+    python -m toy.world --out DIR [--seed N] [--n-test 200 ...]
 
 It serves the demo, the tests and the benchmark; no pipeline module imports it.
 """
@@ -16,7 +30,6 @@ import dataclasses
 import inspect
 import io
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -30,45 +43,35 @@ SYNTH_IMAGE_SIZE = 64
 SYNTH_CELL_SIZE = 32
 SYNTH_BACKGROUND = (245, 245, 240)
 SYNTH_CELLS = ("top-left", "top-right", "bottom-left", "bottom-right")
-SYNTH_SHAPES = ("circle", "square", "triangle")
-SYNTH_SIDES = {"circle": 0, "square": 4, "triangle": 3}
 SYNTH_COLORS = {"red": (220, 50, 50), "green": (40, 160, 70), "blue": (50, 90, 220), "yellow": (235, 195, 35)}
-SYNTH_TYPES = ("count", "color", "where", "sides", "compare")
+SYNTH_TYPES = ("count_color", "color", "exists")
 SYNTH_DATA_SOURCE = "prism_synth"
 SYNTH_ABILITY = "visual_reasoning"
-_LETTERS = "ABCD"
 _COLOR_NAMES = tuple(SYNTH_COLORS)
-_PUBLIC_ERROR_RATE = 0.25
-_STUDENT_ERROR_RATE = 0.5
+# The public source's systematic misperception: what it reports for a true colour, and how often.
+PUBLIC_CONFUSIONS = {"yellow": ("green", 0.8)}
+# Warm-up students: the share whose reasoning also slips (every student misperceives).
+_STUDENT_SLIP_RATE = 0.25
 # Every ShareGPT loader must accept both spellings, so a few public records use the older one.
 _SHAREGPT_ALT_EVERY = 40
 
 # One RNG stream per split: changing one split's size leaves the others' contents unchanged, and
 # the held-out splits never share a stream with training.
 _STREAMS = {"sft_teacher": 0, "sft_public": 1, "align": 2, "rl": 3, "pairs": 4, "pairs_test": 5, "test": 6,
-            "corpus": 7}
+            "corpus": 7, "val": 8}
 
 
 @dataclasses.dataclass(frozen=True)
 class _Question:
     type: str
-    stem: str
-    choices: tuple[str, ...] | None
-    # What the stem refers to: a shape (color), a (shape, color) layout entry (where), or two colours (compare).
-    target: tuple[str, ...] = ()
-
-    @property
-    def text(self) -> str:
-        if self.choices is None:
-            return self.stem
-        options = " ".join(f"({letter}) {c}" for letter, c in zip(_LETTERS, self.choices))
-        return f"{self.stem}\nChoices: {options}"
+    text: str
+    target: str  # what the text refers to: a colour (count_color, exists) or a quadrant (color)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Item:
     id: str
-    layout: tuple  # per cell in SYNTH_CELLS order: None or (shape, color)
+    layout: tuple  # per quadrant in SYNTH_CELLS order: None or the circle's colour
     question: _Question
     png: bytes
 
@@ -83,127 +86,85 @@ def _pick(rng: np.random.Generator, options):
 
 def _random_layout(rng: np.random.Generator) -> tuple:
     filled = set(rng.choice(4, size=int(rng.integers(1, 5)), replace=False).tolist())
-    return tuple((_pick(rng, SYNTH_SHAPES), _pick(rng, _COLOR_NAMES)) if c in filled else None for c in range(4))
+    return tuple(_pick(rng, _COLOR_NAMES) if c in filled else None for c in range(4))
 
 
-def _make_question(layout: tuple, qtype: str, rng: np.random.Generator) -> _Question | None:
-    """A question of `qtype` about `layout`, or None when the layout cannot support one unambiguously."""
-    shapes = [s for s in layout if s]
-    if qtype == "count":
-        return _Question("count", "How many shapes are in the image?", None)
-    if qtype == "sides":
-        return _Question("sides", "What is the total number of sides of all shapes? (circle 0, triangle 3, square 4)",
-                         None)
+def _make_question(layout: tuple, qtype: str, rng: np.random.Generator) -> _Question:
+    """A question of `qtype` about `layout`; "exists" asks about a colour that is there half of the time."""
+    if qtype == "count_color":
+        color = _pick(rng, _COLOR_NAMES)
+        return _Question("count_color", f"How many {color} circles are in the image?", color)
     if qtype == "color":
-        unique = [s for s in SYNTH_SHAPES if sum(k == s for k, _ in shapes) == 1]
-        if not unique:
-            return None
-        shape = _pick(rng, unique)
-        choices = tuple(_COLOR_NAMES[i] for i in rng.permutation(4))
-        return _Question("color", f"What color is the {shape}?", choices, (shape,))
-    if qtype == "where":
-        unique = [s for s in shapes if shapes.count(s) == 1]
-        if not unique:
-            return None
-        shape, color = _pick(rng, unique)
-        choices = tuple(SYNTH_CELLS[i] for i in rng.permutation(4))
-        return _Question("where", f"Where is the {color} {shape}?", choices, (shape, color))
-    present = sorted({c for _, c in shapes}, key=_COLOR_NAMES.index)
-    # At least one of the two colours must be present, or every compare answer would be 0.
-    a = _pick(rng, present)
-    b = _pick(rng, [c for c in _COLOR_NAMES if c != a])
-    if rng.random() < 0.5:
-        a, b = b, a
-    return _Question("compare", f"How many more {a} shapes than {b} shapes are there?", None, (a, b))
+        cell = SYNTH_CELLS[_pick(rng, [i for i, c in enumerate(layout) if c])]
+        return _Question("color", f"What color is the circle at the {cell}?", cell)
+    present = sorted({c for c in layout if c})
+    absent = [c for c in _COLOR_NAMES if c not in present]
+    color = _pick(rng, present if not absent or rng.random() < 0.5 else absent)
+    return _Question("exists", f"Is there a {color} circle in the image?", color)
+
+
+def _lookup(layout: tuple, q: _Question) -> list[int]:
+    """The quadrants the question is about, as `layout` has them: the circles counted, or the one looked up."""
+    if q.type == "color":
+        return [SYNTH_CELLS.index(q.target)]
+    return [i for i, c in enumerate(layout) if c == q.target]
 
 
 def _answer(layout: tuple, q: _Question) -> str:
-    shapes = [s for s in layout if s]
-    if q.type == "count":
-        return str(len(shapes))
-    if q.type == "sides":
-        return str(sum(SYNTH_SIDES[s] for s, _ in shapes))
-    if q.type == "compare":
-        a, b = q.target
-        return str(sum(c == a for _, c in shapes) - sum(c == b for _, c in shapes))
+    """The answer `layout` gives to `q`; "none" when it does not hold what the question asks about (as a
+    misperceived layout may not)."""
+    found = _lookup(layout, q)
+    if q.type == "count_color":
+        return str(len(found))
     if q.type == "color":
-        value = next(c for s, c in shapes if s == q.target[0])
-    else:
-        value = SYNTH_CELLS[layout.index(q.target)]
-    return _LETTERS[q.choices.index(value)]
+        return layout[found[0]] or "none"
+    return "yes" if found else "no"
 
 
 def _render_png(layout: tuple, rng: np.random.Generator) -> bytes:
     img = Image.new("RGB", (SYNTH_IMAGE_SIZE, SYNTH_IMAGE_SIZE), SYNTH_BACKGROUND)
     draw = ImageDraw.Draw(img)
-    for cell, item in enumerate(layout):
-        if item is None:
+    for cell, color in enumerate(layout):
+        if color is None:
             continue
-        shape, color = item
         size = int(rng.integers(20, 27))
         # A gap of at least one pixel to the cell border keeps each shape inside its own token.
         x = (cell % 2) * SYNTH_CELL_SIZE + int(rng.integers(1, SYNTH_CELL_SIZE - size))
         y = (cell // 2) * SYNTH_CELL_SIZE + int(rng.integers(1, SYNTH_CELL_SIZE - size))
         box = (x, y, x + size - 1, y + size - 1)
-        fill = SYNTH_COLORS[color]
-        if shape == "circle":
-            draw.ellipse(box, fill=fill)
-        elif shape == "square":
-            draw.rectangle(box, fill=fill)
-        else:
-            draw.polygon([(x, y + size - 1), (x + size - 1, y + size - 1), (x + (size - 1) / 2, y)], fill=fill)
+        draw.ellipse(box, fill=SYNTH_COLORS[color])
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
 
 
-def _detailed_caption(layout: tuple) -> str:
-    lines = [f"- {color} {shape} at {SYNTH_CELLS[i]}" for i, (shape, color) in _filled(layout)]
-    return "<caption>\n" + "\n".join(lines) + "\n</caption>"
-
-
-def _filled(layout: tuple) -> list:
-    return [(i, s) for i, s in enumerate(layout) if s]
-
-
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
+def _caption(layout: tuple, with_empty: bool) -> str:
+    """The caption of `layout`: one item per quadrant in reading order (empty ones too, or only the circles)."""
+    items = [f"- {SYNTH_CELLS[i]}: " + (f"{c} circle" if c else "empty") for i, c in enumerate(layout)
+             if c or with_empty]
+    return "<caption>\n" + "\n".join(items) + "\n</caption>"
 
 
 def _cot(think: str, answer: str) -> str:
     return f"<think>\n{think}\n</think>\n<answer>{answer}</answer>"
 
 
-def _color_counts(layout: tuple, q: _Question) -> tuple[int, int]:
-    a, b = q.target
-    return sum(s[1] == a for _, s in _filled(layout)), sum(s[1] == b for _, s in _filled(layout))
+def _teacher_cot(layout: tuple, q: _Question, answer: str) -> str:
+    """Two steps: what the caption says about the question, then the answer."""
+    cells = ", ".join(SYNTH_CELLS[i] for i in _lookup(layout, q)) or "none"
+    if q.type == "count_color":
+        think = f"{q.target.capitalize()} circles at: {cells}.\nThat is {answer}."
+    elif q.type == "color":
+        color = layout[SYNTH_CELLS.index(q.target)]
+        think = f"At {q.target}: {f'a {color} circle' if color else 'empty'}.\nIt is {answer}."
+    else:
+        think = f"{q.target.capitalize()} circles at: {cells}.\nSo {answer}."
+    return _cot(think, answer)
 
 
 def _teacher_texts(layout: tuple, q: _Question) -> tuple[str, str]:
-    """(caption, cot) of the perfect teacher: every shape described, every step derived from the caption."""
-    answer = _answer(layout, q)
-    if q.type == "count":
-        names = ", ".join(f"{c} {s}" for _, (s, c) in _filled(layout))
-        think = f"Caption lines: {names}.\nThat is {_plural(int(answer), 'shape')}."
-    elif q.type == "sides":
-        terms = " + ".join(f"{s} {SYNTH_SIDES[s]}" for _, (s, _c) in _filled(layout))
-        think = f"Sides: {terms} = {answer}."
-    elif q.type == "compare":
-        (a, b), (na, nb) = q.target, _color_counts(layout, q)
-        think = f"{a.capitalize()} shapes: {na}. {b.capitalize()} shapes: {nb}.\n{na} - {nb} = {answer}."
-    elif q.type == "color":
-        color = q.choices[_LETTERS.index(answer)]
-        think = f"The {q.target[0]} is {color}.\n{color.capitalize()} is option ({answer})."
-    else:
-        cell = q.choices[_LETTERS.index(answer)]
-        think = f"The {q.target[1]} {q.target[0]} is at {cell}.\n{cell.capitalize()} is option ({answer})."
-    return _detailed_caption(layout), _cot(think, answer)
-
-
-def _swap(layout: tuple, i: int, j: int) -> tuple:
-    cells = list(layout)
-    cells[i], cells[j] = cells[j], cells[i]
-    return tuple(cells)
+    """(caption, cot) of the perfect teacher: every quadrant described, the answer derived from the caption."""
+    return _caption(layout, with_empty=True), _teacher_cot(layout, q, _answer(layout, q))
 
 
 def _replace(layout: tuple, i: int, value) -> tuple:
@@ -214,93 +175,59 @@ def _other(rng: np.random.Generator, options, value):
     return _pick(rng, [o for o in options if o != value])
 
 
-def _misperceive(layout: tuple, q: _Question, rng: np.random.Generator) -> tuple:
-    """A layout that changes the answer to `q`: the public source's deliberate perception error."""
-    filled = [i for i, _ in _filled(layout)]
-    if q.type == "count":
-        empty = [i for i, s in enumerate(layout) if s is None]
-        if empty and (len(filled) == 1 or rng.random() < 0.5):
-            return _replace(layout, _pick(rng, empty), (_pick(rng, SYNTH_SHAPES), _pick(rng, _COLOR_NAMES)))
-        return _replace(layout, _pick(rng, filled), None)
-    if q.type == "sides":
-        i = _pick(rng, filled)
-        return _replace(layout, i, (_other(rng, SYNTH_SHAPES, layout[i][0]), layout[i][1]))
-    if q.type == "where":
-        i = layout.index(q.target)
-        return _swap(layout, i, _other(rng, range(4), i))
-    if q.type == "color":
-        i = next(i for i in filled if layout[i][0] == q.target[0])
-    else:
-        i = _pick(rng, [i for i in filled if layout[i][1] in q.target])
-    return _replace(layout, i, (layout[i][0], _other(rng, _COLOR_NAMES, layout[i][1])))
+def public_perception(layout: tuple, rng: np.random.Generator) -> tuple:
+    """What the public source sees: each circle's colour through PUBLIC_CONFUSIONS."""
+    seen = []
+    for color in layout:
+        if color in PUBLIC_CONFUSIONS and rng.random() < PUBLIC_CONFUSIONS[color][1]:
+            color = PUBLIC_CONFUSIONS[color][0]
+        seen.append(color)
+    return tuple(seen)
 
 
 def _public_texts(layout: tuple, q: _Question, rng: np.random.Generator) -> tuple[str, str]:
-    """(caption, cot) in the public source's terser style, with a wrong answer about a quarter of the time."""
-    seen = layout
-    slip = 0
-    if rng.random() < _PUBLIC_ERROR_RATE:
-        # Sides questions sometimes get an arithmetic slip instead of a perception error.
-        if q.type == "sides" and rng.random() < 0.5:
-            slip = _pick(rng, (-1, 1))
-        else:
-            seen = _misperceive(layout, q, rng)
-    shapes = [s for _, (s, _c) in _filled(seen)]
-    caption = f"<caption>\n- {_plural(len(shapes), 'shape')}: {', '.join(shapes)}\n</caption>"
+    """(caption, cot) in the public source's terse style, reasoned correctly from what it misperceived."""
+    seen = public_perception(layout, rng)
     answer = _answer(seen, q)
-    if q.type == "count":
-        think = f"{_plural(int(answer), 'shape')}."
-    elif q.type == "sides":
-        answer = str(int(answer) + slip)
-        think = "+".join(str(SYNTH_SIDES[s]) for s in shapes) + f" = {answer}."
-    elif q.type == "compare":
-        na, nb = _color_counts(seen, q)
-        think = f"{q.target[0]} {na}, {q.target[1]} {nb}, diff {answer}."
-    elif q.type == "color":
-        think = f"{q.target[0]} looks {q.choices[_LETTERS.index(answer)]}, so {answer}."
-    else:
-        think = f"{q.target[1]} {q.target[0]} is {q.choices[_LETTERS.index(answer)]}, so {answer}."
-    return caption, _cot(think, answer)
+    return _caption(seen, with_empty=False), _cot(f"So {answer}.", answer)
 
 
-def _caption_error(layout: tuple, rng: np.random.Generator) -> tuple:
-    """The layout with one error in it: a wrong colour, a wrong position, a missing or an invented shape."""
-    filled = [i for i, _ in _filled(layout)]
-    empty = [i for i, s in enumerate(layout) if s is None]
-    i = _pick(rng, filled)
-    movable = [j for j in range(4) if layout[j] != layout[i]]
-    kinds = ["color"] + ["move"] * bool(movable) + ["drop"] * (len(filled) > 1) + ["add"] * bool(empty)
-    kind = _pick(rng, kinds)
+def _misperceive_once(layout: tuple, rng: np.random.Generator) -> tuple:
+    """The layout with one error in it: a wrong colour, a missing or an invented circle."""
+    filled = [i for i, c in enumerate(layout) if c]
+    empty = [i for i, c in enumerate(layout) if c is None]
+    kind, i = _pick(rng, ["color"] + ["drop"] * (len(filled) > 1) + ["add"] * bool(empty)), _pick(rng, filled)
     if kind == "color":
-        return _replace(layout, i, (layout[i][0], _other(rng, _COLOR_NAMES, layout[i][1])))
-    if kind == "move":
-        return _swap(layout, i, _pick(rng, movable))
+        return _replace(layout, i, _other(rng, _COLOR_NAMES, layout[i]))
     if kind == "drop":
         return _replace(layout, i, None)
-    return _replace(layout, _pick(rng, empty), (_pick(rng, SYNTH_SHAPES), _pick(rng, _COLOR_NAMES)))
+    return _replace(layout, _pick(rng, empty), _pick(rng, _COLOR_NAMES))
 
 
-def _wrong_answer(truth: str, q: _Question, rng: np.random.Generator) -> str:
-    if q.choices is not None:
-        return _other(rng, _LETTERS, truth)
-    # A plausible guess stays in the range the question allows: 1-4 shapes, a non-negative side total.
-    floor = {"count": 1, "sides": 0}.get(q.type, -4)
-    return str(_pick(rng, [int(truth) + d for d in (-2, -1, 1, 2) if int(truth) + d >= floor]))
+def _misperceive(layout: tuple, errors: int, rng: np.random.Generator) -> tuple:
+    for _ in range(errors):
+        layout = _misperceive_once(layout, rng)
+    return layout
 
 
 def _student_texts(layout: tuple, q: _Question, rng: np.random.Generator) -> tuple[str, str]:
-    """(caption, cot) of the weaker student: a flawed caption, no derivation, wrong about half the time.
+    """(caption, cot) of a warm-up student, in the teacher's exact style with the content wrong.
 
-    Like the paper's pre-alignment policies, whose captions carry fewer description items than the
-    teacher's, the student leaves positions out; one of its items is also wrong for the picture.
+    Every student misperceives in a way that changes the answer — the public source's confusion where
+    that does, one error of any kind otherwise. Most reason correctly from their caption; the rest also
+    slip, giving the answer of another misperception. Both segments differ from the teacher's and read
+    like them.
     """
-    caption = re.sub(r" at [a-z-]+", "", _detailed_caption(_caption_error(layout, rng)))
     answer = _answer(layout, q)
-    if rng.random() < _STUDENT_ERROR_RATE:
-        answer = _wrong_answer(answer, q, rng)
-    think = {"count": f"I count {answer}.", "sides": f"Adding the sides gives {answer}.",
-             "compare": f"The difference is {answer}."}.get(q.type, f"It is ({answer}).")
-    return caption, _cot(think, answer)
+    # Every question has an answer-changing error (recolour, add or drop what it asks about): draw until one
+    # comes, with up to four errors at once (a colour that is there twice takes two to miss).
+    errors = (public_perception(layout, rng) if k == 0 else _misperceive(layout, 1 + k % 4, rng) for k in range(1000))
+    wrong = next(e for e in errors if _answer(e, q) != answer)
+    reasoned_from = wrong
+    if rng.random() < _STUDENT_SLIP_RATE:
+        reasoned_from = next((e for e in (_misperceive_once(layout, rng) for _ in range(50))
+                              if _answer(e, q) not in (answer, _answer(wrong, q))), wrong)
+    return _caption(wrong, with_empty=True), _teacher_cot(reasoned_from, q, _answer(reasoned_from, q))
 
 
 def _sample_items(split: str, n: int, seed: int, seen: set | None = None, banned: frozenset = frozenset()):
@@ -312,10 +239,10 @@ def _sample_items(split: str, n: int, seed: int, seen: set | None = None, banned
         while True:
             layout = _random_layout(rng)
             q = _make_question(layout, qtype, rng)
-            if q is not None and (layout, q.stem) not in banned:
+            if (layout, q.text) not in banned:
                 break
         if seen is not None:
-            seen.add((layout, q.stem))
+            seen.add((layout, q.text))
         items.append(_Item(f"{split}-{k:05d}", layout, q, _render_png(layout, rng)))
     return items, rng
 
@@ -353,8 +280,10 @@ def _write_verl_parquet(path: Path, split: str, items: list[_Item]) -> None:
         answer = _answer(item.layout, q)
         caption, cot = _teacher_texts(item.layout, q)
         rows.append({
+            # The release's prompts end in "\n"; here every split asks in one form, so that no stage meets a
+            # prompt the others never saw.
             "prompt": [{"role": "system", "content": SYSTEM_PROMPT},
-                       {"role": "user", "content": f"<image>\n{q.text}\n"}],
+                       {"role": "user", "content": f"<image>\n{q.text}"}],
             "images": [{"bytes": item.png, "path": None}],
             "data_source": SYNTH_DATA_SOURCE,
             "ability": SYNTH_ABILITY,
@@ -373,14 +302,24 @@ def _pair_record(item: _Item, rng: np.random.Generator) -> dict:
             "student_caption": s_caption, "teacher_cot": t_cot, "student_cot": s_cot}
 
 
-def synthesize(out: Path, seed: int = 0, n_sft_teacher: int = 200, n_sft_public: int = 600,
-               n_align: int = 64, n_rl: int = 128, n_pairs: int = 400, n_pairs_test: int = 100,
-               n_test: int = 100) -> dict[str, Path]:
-    """Write the synthetic task's files under `out`; byte-identical for a given seed. Returns name -> path."""
+def _eval_record(item: _Item) -> dict:
+    """The evaluation JSONL: question, image, answer, type, choices, and the teacher's caption (facts to check)."""
+    q = item.question
+    return {"id": item.id, "question": q.text, "images": [item.image], "answer": _answer(item.layout, q),
+            "type": q.type, "teacher_caption": _caption(item.layout, with_empty=True)}
+
+
+def synthesize(out: Path, seed: int = 0, n_sft_teacher: int = 1000, n_sft_public: int = 3000,
+               n_align: int = 256, n_rl: int = 512, n_pairs: int = 1000, n_pairs_test: int = 200,
+               n_val: int = 200, n_test: int = 200) -> dict[str, Path]:
+    """Write the synthetic task's files under `out`; byte-identical for a given seed. Returns name -> path.
+
+    val and test are both held out; hyperparameters are chosen on val, and test is reported.
+    """
     out = Path(out)
     paths = {"images": out / "images", "sft_teacher": out / "sft_teacher.jsonl", "sft_public": out / "sft_public.jsonl",
              "align": out / "align.parquet", "rl": out / "rl.parquet", "pairs": out / "pairs.jsonl",
-             "pairs_test": out / "pairs_test.jsonl", "test": out / "test.jsonl"}
+             "pairs_test": out / "pairs_test.jsonl", "val": out / "val.jsonl", "test": out / "test.jsonl"}
     paths["images"].mkdir(parents=True, exist_ok=True)
     seen: set = set()
     sizes = {"sft_teacher": n_sft_teacher, "sft_public": n_sft_public, "align": n_align, "rl": n_rl,
@@ -388,8 +327,8 @@ def synthesize(out: Path, seed: int = 0, n_sft_teacher: int = 200, n_sft_public:
     split_items = {split: _sample_items(split, n, seed, seen) for split, n in sizes.items()}
     # Held-out splits redraw any (layout, question) seen in training, so they are disjoint by construction.
     banned = frozenset(seen)
-    split_items["pairs_test"] = _sample_items("pairs_test", n_pairs_test, seed, banned=banned)
-    split_items["test"] = _sample_items("test", n_test, seed, banned=banned)
+    for split, n in (("pairs_test", n_pairs_test), ("val", n_val), ("test", n_test)):
+        split_items[split] = _sample_items(split, n, seed, banned=banned)
     for items, _ in split_items.values():
         for item in items:
             (out / item.image).write_bytes(item.png)
@@ -406,11 +345,8 @@ def synthesize(out: Path, seed: int = 0, n_sft_teacher: int = 200, n_sft_public:
     for split in ("pairs", "pairs_test"):
         items, rng = split_items[split]
         _write_jsonl(paths[split], [_pair_record(it, rng) for it in items])
-    items, _ = split_items["test"]
-    _write_jsonl(paths["test"], [
-        {"id": it.id, "question": it.question.text, "images": [it.image], "answer": _answer(it.layout, it.question),
-         "type": it.question.type, "choices": list(it.question.choices) if it.question.choices else None}
-        for it in items])
+    for split in ("val", "test"):
+        _write_jsonl(paths[split], [_eval_record(it) for it in split_items[split][0]])
     return paths
 
 
@@ -424,7 +360,6 @@ def synthetic_corpus(n: int = 400, seed: int = 0) -> list[str]:
                              _student_texts(it.layout, it.question, rng)):
             texts.append(f"{caption}\n{cot}")
     return texts
-
 
 
 def main() -> None:
