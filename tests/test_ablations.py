@@ -56,18 +56,25 @@ def test_dense_discriminator_scores_and_has_no_router_loss(dense_disc_dir, synth
     assert scores.shape == (8,) and torch.isfinite(scores).all() and aux.item() == 0.0
 
 
-def test_warmup_with_a_dense_discriminator_learns_and_resumes(dense_disc_dir, synth_dir, tmp_path):
-    common = ["upcycle_moe.py", "warmup", "--discriminator", dense_disc_dir, "--data", synth_dir / "pairs.jsonl",
-              "--steps", "4", "--disc-micro-batch", "4", "--grad-accum", "1", "--disc-lr", "1e-3", "--save-every", "2"]
-    printed = run_script(common + ["--out", tmp_path / "full"])
-    assert "discriminator dense" in printed.stdout
+def _warmup_full_and_resumed(disc_dir, synth_dir, tmp_path, steps: int, *flags) -> tuple[dict, dict, str]:
+    """A warm-up of `steps` steps, and the same run resumed from its last-but-one checkpoint: (full weights,
+    resumed weights, the full run's console output)."""
+    common = ["upcycle_moe.py", "warmup", "--discriminator", disc_dir, "--data", synth_dir / "pairs.jsonl", "--steps",
+              str(steps), "--disc-micro-batch", "4", "--grad-accum", "1", "--disc-lr", "1e-3", "--save-every",
+              str(steps // 2), *flags]
+    printed = run_script(common + ["--out", tmp_path / "full"]).stdout
     resumed = tmp_path / "resumed"
     shutil.copytree(tmp_path / "full", resumed)
-    shutil.rmtree(resumed / "checkpoints" / "step_00000004")
+    shutil.rmtree(resumed / "checkpoints" / f"step_{steps:08d}")
     shutil.rmtree(resumed / "discriminator")
     run_script(common + ["--out", resumed, "--resume"])
-    a = model.Discriminator.from_pretrained(tmp_path / "full" / "discriminator").state_dict()
-    b = model.Discriminator.from_pretrained(resumed / "discriminator").state_dict()
+    return (model.Discriminator.from_pretrained(tmp_path / "full" / "discriminator").state_dict(),
+            model.Discriminator.from_pretrained(resumed / "discriminator").state_dict(), printed)
+
+
+def test_warmup_with_a_dense_discriminator_learns_and_resumes(dense_disc_dir, synth_dir, tmp_path):
+    a, b, printed = _warmup_full_and_resumed(dense_disc_dir, synth_dir, tmp_path, 4)
+    assert "discriminator dense" in printed
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     start = model.Discriminator.from_pretrained(dense_disc_dir).state_dict()
     assert not torch.equal(a["head.weight"], start["head.weight"])
@@ -139,17 +146,8 @@ def test_align_with_a_dense_text_only_discriminator_runs_and_resumes(tiny_dir, d
 
 def test_warmup_text_only_runs_and_resumes(dense_disc_dir, synth_dir, tmp_path):
     """The text-only discriminator's vision encoder never runs; resuming must not expect optimizer state for it."""
-    common = ["upcycle_moe.py", "warmup", "--discriminator", dense_disc_dir, "--data", synth_dir / "pairs.jsonl",
-              "--steps", "2", "--disc-micro-batch", "4", "--grad-accum", "1", "--disc-lr", "1e-3", "--save-every", "1",
-              "--disc-text-only"]
-    assert "text only" in run_script(common + ["--out", tmp_path / "full"]).stdout
-    resumed = tmp_path / "resumed"
-    shutil.copytree(tmp_path / "full", resumed)
-    shutil.rmtree(resumed / "checkpoints" / "step_00000002")
-    shutil.rmtree(resumed / "discriminator")
-    run_script(common + ["--out", resumed, "--resume"])
-    a = model.Discriminator.from_pretrained(tmp_path / "full" / "discriminator").state_dict()
-    b = model.Discriminator.from_pretrained(resumed / "discriminator").state_dict()
+    a, b, printed = _warmup_full_and_resumed(dense_disc_dir, synth_dir, tmp_path, 2, "--disc-text-only")
+    assert "text only" in printed
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     start = model.Discriminator.from_pretrained(dense_disc_dir).state_dict()
     assert all(torch.equal(a[k], start[k]) for k in a if ".visual." in k)  # never seen, never trained
