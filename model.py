@@ -675,16 +675,14 @@ def load_sharded(cls, path, d: Dist, bf16: bool, prepare=None) -> nn.Module:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     path = Path(path)
-    if not d.distributed or is_quantized(path):
-        # A quantised checkpoint is dequantised by transformers as it loads, whole on each rank, then sharded.
-        module = cls.from_pretrained(path, device=d.device)
-        if prepare:
-            prepare(module)
-        return shard(module, d, bf16)
-    module = cls(empty_hf_model(path))
+    # A quantised checkpoint is dequantised by transformers as it loads, whole on each rank, then sharded.
+    whole = not d.distributed or is_quantized(path)
+    module = cls.from_pretrained(path, device=d.device) if whole else cls(empty_hf_model(path))
     if prepare:
         prepare(module)
     module = shard(module, d, bf16)
+    if whole:
+        return module
     # File names: the HF model's own; the score head is "weight" in its file; a tied lm_head is the embedding.
     stored = {name: tensor for name, tensor in get_model_state_dict(module).items()
               if not (name == "hf.lm_head.weight" and module.hf.config.tie_word_embeddings)}

@@ -3,7 +3,6 @@
 import io
 import json
 import shutil
-from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -55,6 +54,9 @@ def test_grading_and_summary_of_a_hand_written_fixture():
     assert table[7:] == ["| sft | 60.0 | 27 |", "| prism | 60.0 | 27 |"]
 
 
+ITEMS = 15  # an odd count: the ranks answer different numbers of items
+
+
 def _stopping_tiny_model(tiny_dir, synth_dir, out):
     """The tiny model with <|im_end|> tied to the output row of a token that its greedy answers to
     some items contain and to others do not: it then stops exactly where it would have said that
@@ -62,11 +64,14 @@ def _stopping_tiny_model(tiny_dir, synth_dir, out):
     come in several lengths, some truncated."""
     shutil.copytree(tiny_dir, out)
     hf, processor = hf_checkpoint.load_hf_model(out), hf_checkpoint.load_processor(out)
-    prompts = batching.encode_prompts(processor, data.load_prompts(synth_dir / "test.jsonl")[:7])
+    prompts = batching.encode_prompts(processor, data.load_prompts(synth_dir / "test.jsonl")[:ITEMS])
     responses = model.generate_rollouts(model.Policy(hf), prompts, processor.tokenizer, 1, 24, greedy=True).responses()
-    counts = Counter(t for r in responses for t in set(r))
-    # Absent from some responses (they run to the limit) and never the first token (no response is empty).
-    stop = next(t for t, c in counts.most_common() if c < len(responses) and all(r[0] != t for r in responses))
+    # The token whose first occurrences give the most different lengths: absent from some responses (they run
+    # to the limit) and never the first token of one (no response is empty).
+    def lengths(t):
+        return {r.index(t) + 1 if t in r else len(r) for r in responses}
+    candidates = {t for r in responses for t in r} - {r[0] for r in responses}
+    stop = max(sorted(candidates), key=lambda t: (len(lengths(t)) if any(t not in r for r in responses) else 0))
     with torch.no_grad():
         hf.lm_head.weight[processor.tokenizer.convert_tokens_to_ids("<|im_end|>")] = hf.lm_head.weight[stop]
     hf.save_pretrained(out)
@@ -75,9 +80,9 @@ def _stopping_tiny_model(tiny_dir, synth_dir, out):
 
 def test_two_ranks_give_exactly_the_single_process_results(tiny_dir, synth_dir, tmp_path):
     stopping = _stopping_tiny_model(tiny_dir, synth_dir, tmp_path / "stopping")
-    # 7 items in batches of 2: rank 0 answers items 0, 1, 4, 5 and rank 1 items 2, 3, 6.
+    # 15 items in batches of 2: rank 0 answers items 0, 1, 4, 5, … and rank 1 items 2, 3, 6, 7, …, 14.
     common = ["eval.py", "--policy", stopping, stopping, "--policy-names", "a", "b", "--data", synth_dir / "test.jsonl",
-              "--limit", "7", "--batch-size", "2", "--max-new-tokens", "24", "--device", "cpu"]
+              "--limit", str(ITEMS), "--batch-size", "2", "--max-new-tokens", "24", "--device", "cpu"]
     one = run_script(common + ["--out", tmp_path / "one.json"], nproc=1)
     run_script(common + ["--out", tmp_path / "two.json"], nproc=2)
     one_report = json.loads((tmp_path / "one.json").read_text())
@@ -86,14 +91,14 @@ def test_two_ranks_give_exactly_the_single_process_results(tiny_dir, synth_dir, 
     assert one_report["results"] == two_report["results"]
     items = one_report["results"]["a"]["benchmarks"]["test.jsonl"]["items"]
     assert items == two_report["results"]["b"]["benchmarks"]["test.jsonl"]["items"]  # greedy is deterministic
-    truth = data.load_prompts(synth_dir / "test.jsonl")[:7]
-    assert [r["index"] for r in items] == list(range(7))
+    truth = data.load_prompts(synth_dir / "test.jsonl")[:ITEMS]
+    assert [r["index"] for r in items] == list(range(ITEMS))
     assert [r["id"] for r in items] == [e.id for e in truth]
     assert [r["truth"] for r in items] == [e.answer for e in truth]
     for r in items:
         assert 1 <= r["tokens"] <= 24 and (r["tokens"] == 24 or not r["truncated"])
         assert (r["accuracy"], r["format"]) == grading.reward_parts(r["response"], r["truth"])[1:]
-    assert {r["truncated"] for r in items} == {True, False} and len({r["tokens"] for r in items}) > 2
+    assert {r["truncated"] for r in items} == {True, False} and len({r["tokens"] for r in items}) >= 2
     assert one_report["results"]["a"]["benchmarks"]["test.jsonl"]["summary"] == evaluation.summarise(items)
     assert "| a |" in one.stdout and "| b |" in one.stdout
 

@@ -192,9 +192,26 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def warmed(upcycled_dir, synth_dir, tmp_path_factory) -> Path:
+def form_pairs(synth_dir) -> tuple[Path, Path]:
+    """The synthetic pairs with every student side replaced by one fixed, well-formed response: a difference a
+    random-init discriminator can learn in a few steps. (The world's own students differ from the teacher in
+    content alone; telling them apart needs a model that sees colours — the demo's SFT-based discriminator,
+    whose warm-up the README reports.)"""
+    paths = []
+    for name in ("pairs", "pairs_test"):
+        lines = [json.loads(line) for line in (synth_dir / f"{name}.jsonl").read_text().splitlines()]
+        for line in lines:
+            line |= {"student_caption": "<caption>\n- a picture\n</caption>",
+                     "student_cot": "<think>\nI guess.\n</think>\n<answer>unknown</answer>"}
+        paths.append(synth_dir / f"{name}_form.jsonl")
+        paths[-1].write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return tuple(paths)
+
+
+@pytest.fixture(scope="module")
+def warmed(upcycled_dir, form_pairs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("warmup") / "run"
-    _warmup(upcycled_dir, synth_dir / "pairs.jsonl", out, "--eval-data", synth_dir / "pairs_test.jsonl",
+    _warmup(upcycled_dir, form_pairs[0], out, "--eval-data", form_pairs[1],
             "--steps", WARMUP_STEPS, "--disc-micro-batch", 4, "--grad-accum", 1, "--disc-lr", 1e-3,
             "--save-every", RESUME_FROM)
     return out
@@ -233,13 +250,13 @@ def test_warmup_checkpoint_round_trips(warmed, upcycled_dir, synth_dir, processo
     assert type(hf).__name__ == "Qwen3VLMoeForConditionalGeneration"
 
 
-def test_warmup_resume_continues_to_the_same_weights(warmed, upcycled_dir, synth_dir, tmp_path):
+def test_warmup_resume_continues_to_the_same_weights(warmed, upcycled_dir, form_pairs, tmp_path):
     resumed = tmp_path / "run"
     shutil.copytree(warmed, resumed)
     shutil.rmtree(resumed / "checkpoints" / f"step_{WARMUP_STEPS:08d}")
     shutil.rmtree(resumed / "discriminator")
     assert run.latest_checkpoint(resumed).name == f"step_{RESUME_FROM:08d}"
-    _warmup(upcycled_dir, synth_dir / "pairs.jsonl", resumed, "--steps", WARMUP_STEPS, "--disc-micro-batch", 4,
+    _warmup(upcycled_dir, form_pairs[0], resumed, "--steps", WARMUP_STEPS, "--disc-micro-batch", 4,
             "--grad-accum", 1, "--disc-lr", 1e-3, "--save-every", RESUME_FROM, "--resume")
     a, b = _weights(warmed / "discriminator"), _weights(resumed / "discriminator")
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
