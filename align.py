@@ -99,6 +99,8 @@ class Args:
     freeze_merger: bool = arg(False, "freeze the vision-language merger and the DeepStack mergers of both models")
     gradient_checkpointing: bool = arg(False, "recompute decoder activations in backward to save memory")
     bf16: bool = arg(False, "bf16 compute on GPU")
+    param_dtype: model.ParamDtype = arg("float32", "dtype the weights and optimizer moments are held in: float32 "
+                                        "master weights, or bfloat16 to halve their memory (updates rounded)")
     compile_decode: bool = arg(False, "static KV cache and a torch.compile'd decode step in generate (CUDA graphs "
                                       "on GPU); compiles once per 64-token prompt-length bucket")
     max_skipped_steps: int = arg(10, "stop after this many optimizer steps in a row with a non-finite gradient",
@@ -309,18 +311,19 @@ def main(args: Args, split: Callable[..., Segments] = split_rollouts) -> None:
     # A text-only discriminator's vision encoder never runs: no gradient, no optimizer state to save.
     text_only = args.disc_text_only
     models = {"policy": model.load_sharded(model.Policy, args.policy, d, args.bf16, model.training_setup(
-                  args.freeze_vision, args.freeze_merger, args.gradient_checkpointing)),
+                  args.freeze_vision, args.freeze_merger, args.gradient_checkpointing), args.param_dtype),
               "discriminator": model.load_sharded(model.Discriminator, args.discriminator, d, args.bf16,
                                                   model.training_setup(args.freeze_vision or text_only,
                                                                        args.freeze_merger or text_only,
-                                                                       args.gradient_checkpointing))}
+                                                                       args.gradient_checkpointing),
+                                                  args.param_dtype)}
     disc = models["discriminator"]
     optimizers, schedulers = {}, {}
     for name, lr in (("policy", args.lr), ("discriminator", args.disc_lr)):
         optimizers[name], schedulers[name] = run.make_optimizer(models[name], lr, args.weight_decay, args.steps, 1,
                                                                 "constant")
     loss_cfg = pg.LossConfig.from_args(args)
-    training = run.TrainingRun(out, d, processor, models, optimizers, schedulers, args,
+    training = run.TrainingRun(out, d, models, optimizers, schedulers, args,
                                ("disc/perception/gap", "disc/reasoning/gap", "reward/format", "loss/disc",
                                 "response/length_mean", "time/rollout_s"))
     if d.is_main:

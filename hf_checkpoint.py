@@ -205,23 +205,19 @@ def is_quantized(path: Path) -> bool:
     return method is not None
 
 
-def save_hf_dir(hf_model, state: dict[str, torch.Tensor], processor, out: Path) -> None:
-    """Write an HF directory from a full state dict: what plain transformers and the next stage load.
-
-    The source model's serving files go with the weights unchanged: its generation config (the EOS ids
-    the released Qwen3-VL stops at, its sampling defaults) and the processor's chat template and settings.
-    """
-    from transformers import AutoModelForImageTextToText
-
-    with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(hf_model.config)
-    model.load_state_dict(state, strict=True, assign=True)
-    model.tie_weights()
-    model.generation_config = copy.deepcopy(hf_model.generation_config)
-    for sub_config in (model.config.text_config, model.config.vision_config):
+def save_hf_config(hf_model, processor, out: Path) -> None:
+    """The files of an HF directory beside its weights (written by model.save_consolidated): the config, naming
+    the architecture and the weights' dtype, and the source model's serving files unchanged — its generation
+    config (the EOS ids the released Qwen3-VL stops at, its sampling defaults) and the processor's chat
+    template and settings."""
+    config = copy.deepcopy(hf_model.config)
+    config.architectures = [type(hf_model).__name__]
+    config.dtype = next(hf_model.parameters()).dtype
+    for sub_config in (config.text_config, config.vision_config):
         if hasattr(sub_config, "dtype"):  # set in memory on loading; the top level's dtype describes the weights
             delattr(sub_config, "dtype")
-    model.save_pretrained(out)
+    config.save_pretrained(out)
+    hf_model.generation_config.save_pretrained(out)
     processor.save_pretrained(out)
 
 

@@ -1,7 +1,7 @@
 """The network: Qwen3-VL as the policy and as the MoE discriminator.
 
 Everything that touches weights lives here, once:
-  - full state dicts of plain or sharded modules (the directories themselves: hf_checkpoint.py);
+  - HF directories written from plain or sharded modules without gathering them (reading: hf_checkpoint.py);
   - `Policy`: a Qwen3-VL whose forward returns per-token log-probs of chosen tokens, computed
     from the final hidden states in chunks so that full-vocabulary float32 logits never exist;
   - `Discriminator`: a Qwen3-VL-MoE backbone plus a scalar score head read at the last real token,
@@ -16,6 +16,7 @@ N = number of selected (target) tokens in a batch.
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -23,30 +24,20 @@ import torch.nn.functional as F
 
 from batching import VLBatch, encode_scored
 from data import VISION_TOKENS, DataError
-from hf_checkpoint import empty_hf_model, is_quantized, load_hf_model, read_score_head, save_hf_dir, write_score_head
-from run import Dist, all_reduce, barrier
+from hf_checkpoint import empty_hf_model, is_quantized, load_hf_model, read_score_head, save_hf_config, write_score_head
+from run import Dist, all_reduce, barrier, save_consolidated
 
 # ----------------------------------------------------------------------------------------------
-# Full state dicts of plain or FSDP2-sharded modules
+# The weights of plain or FSDP2-sharded modules under their HF names (written by run.save_consolidated)
 # ----------------------------------------------------------------------------------------------
 
+def _hf_weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The HF model's tensors under their stored names: `hf.` dropped, a tied lm_head (the embedding) left out."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-def gather_full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Full, CPU state dict on rank 0 (empty elsewhere); a collective under FSDP2."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def load_full_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a full state dict (read on every rank) into a plain or FSDP2-sharded module."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True, strict=True))
-
-
-def _hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k.removeprefix("hf."): v for k, v in state.items() if k.startswith("hf.")}
+    tied = module.hf.config.tie_word_embeddings
+    return {name.removeprefix("hf."): t for name, t in get_model_state_dict(module).items()
+            if name.startswith("hf.") and not (tied and name == "hf.lm_head.weight")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,15 +170,12 @@ class Policy(nn.Module):
     def from_pretrained(cls, path, dtype=torch.float32, device="cpu") -> "Policy":
         return cls(load_hf_model(path, dtype, device))
 
-    def load_weights(self, path: Path) -> None:
-        """Fill this (plain or FSDP2-sharded) policy with the weights of the HF directory `path`."""
-        load_full_state_dict(self, {"hf." + k: v for k, v in load_hf_model(path).state_dict().items()})
-
     def save_pretrained(self, processor, out: Path, d: Dist) -> None:
-        """Collective: every rank calls it; rank 0 writes the HF directory."""
-        state = _hf_state(gather_full_state_dict(self))
+        """Collective: every rank writes its own slices and none gathers the model (save_consolidated); rank 0
+        adds the config and processor. The result is a directory plain transformers loads."""
+        save_consolidated(_hf_weights(self), out, d)
         if d.is_main:
-            save_hf_dir(self.hf, state, processor, out)
+            save_hf_config(self.hf, processor, out)
         barrier()
 
 
@@ -215,7 +203,7 @@ class Discriminator(nn.Module):
         if not hf_model.config.tie_word_embeddings:  # tied (2B, 4B): it is the input embedding, which trains
             self.hf.lm_head.weight.requires_grad_(False)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(hf_model.config.text_config.hidden_size, 1, bias=False)
+        self.head = nn.Linear(hf_model.config.text_config.hidden_size, 1, bias=False, dtype=hf_model.dtype)
 
     @property
     def config(self):
@@ -266,18 +254,17 @@ class Discriminator(nn.Module):
             disc.head.weight.copy_(read_score_head(path, hf.config.text_config.hidden_size))
         return disc.to(device=device, dtype=dtype)
 
-    def load_weights(self, path: Path) -> None:
-        """Fill this (plain or FSDP2-sharded) discriminator with the weights of the directory `path`."""
-        state = {"hf." + k: v for k, v in load_hf_model(path).state_dict().items()}
-        state["head.weight"] = read_score_head(path, self.config.text_config.hidden_size)
-        load_full_state_dict(self, state)
-
     def save_pretrained(self, processor, out: Path, d: Dist) -> None:
-        """Collective: every rank calls it; rank 0 writes the MoE HF directory and the score head."""
-        state = gather_full_state_dict(self)
+        """Collective: the MoE HF directory as Policy.save_pretrained writes it, and the score head
+        (1 × H, gathered: it is tiny) in score_head.safetensors."""
+        from torch.distributed.tensor import DTensor
+
+        save_consolidated(_hf_weights(self), out, d)
+        head = self.head.weight.detach()
+        head = head.full_tensor() if isinstance(head, DTensor) else head
         if d.is_main:
-            save_hf_dir(self.hf, _hf_state(state), processor, out)
-            write_score_head(state["head.weight"], out)
+            save_hf_config(self.hf, processor, out)
+            write_score_head(head.cpu(), out)
         barrier()
 
 
@@ -661,7 +648,10 @@ def training_setup(freeze_tower: bool, freeze_merger: bool, gradient_checkpointi
     return prepare
 
 
-def load_sharded(cls, path, d: Dist, bf16: bool, prepare=None) -> nn.Module:
+ParamDtype = Literal["float32", "bfloat16"]  # every training stage's --param-dtype
+
+
+def load_sharded(cls, path, d: Dist, bf16: bool, prepare=None, param_dtype: ParamDtype = "float32") -> nn.Module:
     """A Policy or Discriminator (cls) from an HF directory, ready to train: FSDP2-sharded over the ranks,
     and no rank ever holding the whole model.
 
@@ -669,7 +659,9 @@ def load_sharded(cls, path, d: Dist, bf16: bool, prepare=None) -> nn.Module:
     device (hf_checkpoint.empty_hf_model: names and shapes checked, buffers computed), `prepare(module)`
     runs (freezing, gradient checkpointing), shard() shards it, and every rank reads only its own slices
     of each stored tensor straight into its shards (torch.distributed.checkpoint's Hugging Face safetensors
-    reader), converting to float32. A discriminator's head comes from score_head.safetensors the same way.
+    reader), converting to param_dtype (float32 master weights by default; bfloat16 halves the weights' and
+    the optimizer moments' memory, at the cost of updates rounded to 8 bits of mantissa). A discriminator's
+    head comes from score_head.safetensors the same way.
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
@@ -677,7 +669,8 @@ def load_sharded(cls, path, d: Dist, bf16: bool, prepare=None) -> nn.Module:
     path = Path(path)
     # A quantised checkpoint is dequantised by transformers as it loads, whole on each rank, then sharded.
     whole = not d.distributed or is_quantized(path)
-    module = cls.from_pretrained(path, device=d.device) if whole else cls(empty_hf_model(path))
+    dtype = getattr(torch, param_dtype)
+    module = cls.from_pretrained(path, dtype, d.device) if whole else cls(empty_hf_model(path, dtype))
     if prepare:
         prepare(module)
     module = shard(module, d, bf16)

@@ -123,6 +123,8 @@ class Args:
     freeze_merger: bool = arg(False, "freeze the vision-language merger and the DeepStack mergers")
     gradient_checkpointing: bool = arg(False, "recompute decoder activations in backward to save memory")
     bf16: bool = arg(False, "bf16 compute on GPU")
+    param_dtype: model.ParamDtype = arg("float32", "dtype the weights and optimizer moments are held in: float32 "
+                                        "master weights, or bfloat16 to halve their memory (updates rounded)")
     compile_decode: bool = arg(False, "static KV cache and a torch.compile'd decode step in generate (CUDA graphs "
                                       "on GPU); compiles once per 64-token prompt-length bucket")
     max_skipped_steps: int = arg(10, "stop after this many optimizer steps in a row with a non-finite gradient",
@@ -319,15 +321,15 @@ def main(args: Args, reward_fn: RewardFn = grading.example_reward) -> None:
     prompts, dropped = batching.drop_long_prompts(processor, prompts, args.max_prompt_len)
     batching.require_some_kept(prompts, dropped, "prompts", "--max-prompt-len", args.max_prompt_len)
     policy = model.load_sharded(model.Policy, args.policy, d, args.bf16, model.training_setup(
-        args.freeze_vision, args.freeze_merger, args.gradient_checkpointing))
+        args.freeze_vision, args.freeze_merger, args.gradient_checkpointing), args.param_dtype)
     ref_policy = None
     if args.kl_coef > 0:
-        ref_policy = model.load_sharded(model.Policy, args.policy, d, args.bf16).eval()
+        ref_policy = model.load_sharded(model.Policy, args.policy, d, args.bf16, param_dtype=args.param_dtype).eval()
         ref_policy.requires_grad_(False)
     warmup = round(-args.warmup_steps * args.steps) if args.warmup_steps < 0 else int(args.warmup_steps)
     optimizer, scheduler = run.make_optimizer(policy, args.lr, args.weight_decay, args.steps, warmup, "constant")
     loss_cfg = LossConfig.from_args(args)
-    training = run.TrainingRun(out, d, processor, {"policy": policy}, {"policy": optimizer}, {"policy": scheduler},
+    training = run.TrainingRun(out, d, {"policy": policy}, {"policy": optimizer}, {"policy": scheduler},
                                args, ("reward/mean", "reward/accuracy", "reward/format", "response/length_mean",
                                       "optim/grad_norm", "time/rollout_s", "time/update_s"),
                                progress={"prompts_consumed": 0})

@@ -7,8 +7,8 @@
     checkpoint, one log line per step, a checkpoint every N steps and at the end, a clean exit on
     preemption — with atomic, checksummed checkpoints and the metrics log.
 
-Stages call their step function from `TrainingRun.loop`; this module calls no model code except
-the `save_pretrained` / `load_weights` methods of the modules it checkpoints.
+Stages call their step function from `TrainingRun.loop`; this module calls no model code: checkpoints
+hold the modules' state dicts as torch.distributed.checkpoint shards.
 """
 
 import argparse
@@ -22,6 +22,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,23 +108,39 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict:
-    """Every generator a step draws from, in plain types and tensors so weights_only loading accepts it."""
+def save_rng_state(path: Path) -> None:
+    """Every generator a step draws from, to one safetensors file: tensors as tensors, the Python and
+    NumPy scalars as JSON in its header (nothing pickled)."""
+    from safetensors.torch import save_file
+
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
-                                                     gauss), "torch": torch.get_rng_state()}
+    tensors = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64))}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
+        tensors["cuda"] = torch.cuda.get_rng_state()
+    scalars = {"python": random.getstate(), "numpy": [kind, pos, has_gauss, gauss]}
+    save_file(tensors, str(path), metadata={"scalars": json.dumps(scalars)})
+
+
+def read_rng_state(path: Path) -> dict:
+    """What save_rng_state wrote; a TrainingError naming the file if it is not that (a pickle, say)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {"tensors": {k: f.get_tensor(k) for k in f.keys()}, **json.loads(f.metadata()["scalars"])}
+    except Exception as e:  # safetensors raises its own types for a file that is not safetensors
+        raise TrainingError(f"checkpoint {path.parent}: {path.name} cannot be read ({e})") from None
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, pos, has_gauss, gauss = state["numpy"]
+    tensors = state["tensors"]
+    np.random.set_state((kind, tensors["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["cuda"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,13 +336,20 @@ def _sha256(path: Path) -> str:
 
 
 def save_checkpoint(out: Path, step: int, models: dict[str, nn.Module], optimizers: dict, schedulers: dict,
-                    processor, d: Dist, extra: dict | None = None) -> Path:
-    """Write out/checkpoints/step_N atomically: HF dirs, optimizer/scheduler state, per-rank RNG.
+                    d: Dist, extra: dict | None = None) -> Path:
+    """Write out/checkpoints/step_N, every rank writing only its own shards (nothing is gathered):
 
-    Everything is written under a temporary name and renamed at the end, with a manifest of
-    SHA-256 sums written last, so an interrupted save never looks like a complete checkpoint.
+        <model>/                    the weights: torch.distributed.checkpoint's Hugging Face writer, one
+                                    safetensors file per rank with each slice's offsets in its header
+        <model>.optimizer/          the optimizer's tensors (moments, step counts), the same way
+        train_state.json            step, progress (`extra`), scheduler states, optimizer hyperparameters
+        rng_rank<r>.safetensors     each rank's generators
+        manifest.json               SHA-256 of every file, written last
+
+    Nothing is pickled. Everything is written under a temporary name and renamed at the end, so an
+    interrupted save never looks like a complete checkpoint. load_checkpoint reshards to any world size.
     """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     final = out / "checkpoints" / f"step_{step:08d}"
     tmp = final.with_name(final.name + ".tmp")
@@ -333,16 +357,17 @@ def save_checkpoint(out: Path, step: int, models: dict[str, nn.Module], optimize
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    for name, module in models.items():
-        module.save_pretrained(processor, tmp / name, d)
     train_state = {"step": step, "extra": extra or {}, "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
-                   "optimizers": {}}
-    for name, opt in optimizers.items():
-        train_state["optimizers"][name] = get_optimizer_state_dict(
-            models[name], opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+                   "param_groups": {}}
+    for name, module in models.items():
+        dcp_save(get_model_state_dict(module), _shard_writer(tmp / name), d)
+        if name in optimizers:
+            state = get_optimizer_state_dict(module, optimizers[name])
+            dcp_save({"state": state["state"]}, _shard_writer(tmp / f"{name}.optimizer"), d)
+            train_state["param_groups"][name] = state["param_groups"]
+    save_rng_state(tmp / f"rng_rank{d.rank}.safetensors")
     if d.is_main:
-        torch.save(train_state, tmp / "train_state.pt")
-    torch.save(rng_state(), tmp / f"rng_rank{d.rank}.pt")
+        (tmp / "train_state.json").write_text(json.dumps(train_state, indent=1))
     barrier()
     if d.is_main:
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
@@ -353,6 +378,77 @@ def save_checkpoint(out: Path, step: int, models: dict[str, nn.Module], optimize
         os.replace(tmp, final)
     barrier()
     return final
+
+
+def _shard_writer(path: Path):
+    import torch.distributed.checkpoint as dcp
+
+    return dcp.HuggingFaceStorageWriter(str(path), save_distributed=True)
+
+
+def dcp_save(state: dict, storage_writer, d: Dist) -> None:
+    """torch.distributed.checkpoint.save, collective over the ranks, or in this one process."""
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():  # one process is intended here: "assuming the intent is to save in a single…"
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save(state, storage_writer=storage_writer, no_dist=not d.distributed)
+
+
+def dcp_load(state: dict, storage_reader, d: Dist) -> None:
+    """torch.distributed.checkpoint.load in place, collective over the ranks, or in this one process."""
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, storage_reader=storage_reader, no_dist=not d.distributed)
+
+
+def read_sharded(path: Path) -> dict[str, torch.Tensor]:
+    """The whole tensors of one directory of a checkpoint (`<model>` or `<model>.optimizer`), assembled
+    from every rank's shards, in one process: for inspection and tests, not for training."""
+    import torch.distributed.checkpoint as dcp
+
+    reader = dcp.HuggingFaceStorageReader(str(path))
+    stored = reader.read_metadata().state_dict_metadata
+    state = {name: torch.empty(m.size, dtype=m.properties.dtype) for name, m in stored.items()}
+    dcp_load(state, reader, Dist())
+    return state
+
+
+MAX_FILE_BYTES = 4 << 30  # per consolidated safetensors file
+
+
+def save_consolidated(weights: dict[str, torch.Tensor], out: Path, d: Dist) -> None:
+    """Collective: write `weights` ({stored name: tensor, plain or FSDP2-sharded}) to `out` as consolidated
+    safetensors files of at most MAX_FILE_BYTES (model-0000k-of-0000n.safetensors and their index), without
+    gathering the model on any rank.
+
+    Each rank writes its own slices (torch.distributed.checkpoint's Hugging Face writer, into out/sharded);
+    rank 0 then assembles each file from the slices' byte ranges, holding one tensor in memory at a time,
+    and the slices are deleted. The ranks must share the file system, as for training checkpoints.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    index, file, size = {}, 1, 0
+    for name, tensor in weights.items():  # in state-dict order, so that a layer's tensors share a file
+        nbytes = tensor.numel() * tensor.element_size()  # of the whole tensor, also when sharded
+        if size and size + nbytes > MAX_FILE_BYTES:
+            file, size = file + 1, 0
+        index[name], size = file, size + nbytes
+    if d.is_main:  # a previous save's files would otherwise stay beside the new ones
+        shutil.rmtree(out / "sharded", ignore_errors=True)
+        for stale in [*out.glob("model*.safetensors"), out / "model.safetensors.index.json"]:
+            stale.unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+    barrier()
+    writer = dcp.HuggingFaceStorageWriter(str(out), fqn_to_index_mapping=index, save_distributed=True,
+                                          enable_consolidation=True)
+    dcp_save(weights, writer, d)
+    barrier()
+    if d.is_main:
+        shutil.rmtree(out / "sharded")
+    barrier()
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -379,22 +475,38 @@ def load_checkpoint(path: Path, models: dict[str, nn.Module], optimizers: dict, 
                     d: Dist) -> dict:
     """Restore weights, optimizer and scheduler states and this rank's RNG; returns the train state.
 
-    Training state is read with weights_only=True: a pickle that carries code is refused.
+    Every file is verified against the manifest first. Each rank reads only the slices of its own shards,
+    whatever the world size that wrote them (torch.distributed.checkpoint reshards); the RNG is restored
+    only on a rank that saved one, so resuming on another world size is correct but not bit-exact.
     """
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     verify_checkpoint(path)
+    try:
+        train_state = json.loads((path / "train_state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"checkpoint {path}: train_state.json cannot be read ({e})") from None
+    rng_file = path / f"rng_rank{d.rank}.safetensors"
+    rng = read_rng_state(rng_file) if rng_file.is_file() else None
     for name, module in models.items():
-        module.load_weights(path / name)
-    train_state = torch.load(path / "train_state.pt", weights_only=True, map_location="cpu")
-    for name, opt in optimizers.items():
-        set_optimizer_state_dict(models[name], opt, train_state["optimizers"][name],
-                                 options=StateDictOptions(full_state_dict=True))
+        weights = get_model_state_dict(module)
+        dcp_load(weights, dcp.HuggingFaceStorageReader(str(path / name)), d)
+        set_model_state_dict(module, weights)
+        if name in optimizers:
+            state = get_optimizer_state_dict(module, optimizers[name])  # allocates the moments to read into
+            dcp_load({"state": state["state"]}, dcp.HuggingFaceStorageReader(str(path / f"{name}.optimizer")), d)
+            state["param_groups"] = train_state["param_groups"][name]
+            set_optimizer_state_dict(module, optimizers[name], state)
     for name, sched in schedulers.items():
         sched.load_state_dict(train_state["schedulers"][name])
-    rng_file = path / f"rng_rank{d.rank}.pt"
-    if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=True))
+    if rng is not None:
+        set_rng_state(rng)
     return train_state
 
 
@@ -437,7 +549,7 @@ def _fmt(v: float) -> str:
 class TrainingRun:
     """The loop of every training stage, written once.
 
-        run = TrainingRun(out, d, processor, models, optimizers, schedulers, args, console)
+        run = TrainingRun(out, d, models, optimizers, schedulers, args, console)
         run.loop(total_steps, step_fn, desc)       # step_fn(step) -> metrics of that step
 
     On creation it resumes (with args.resume) from the newest checkpoint under out/checkpoints, after
@@ -449,9 +561,9 @@ class TrainingRun:
     skipped (`optim/…skipped_step`) counts towards args.max_skipped_steps.
     """
 
-    def __init__(self, out: Path, d: Dist, processor, models: dict[str, nn.Module], optimizers: dict,
+    def __init__(self, out: Path, d: Dist, models: dict[str, nn.Module], optimizers: dict,
                  schedulers: dict, args, console: tuple[str, ...], progress: dict | None = None):
-        self.out, self.d, self.processor = out, d, processor
+        self.out, self.d = out, d
         self.models, self.optimizers, self.schedulers = models, optimizers, schedulers
         self.save_every = args.save_every
         self.start, self.progress = 0, dict(progress or {})
@@ -480,7 +592,7 @@ class TrainingRun:
                 if broken := [name for name, m in self.models.items() if not weights_finite(m, self.d)]:
                     raise TrainingError(f"step {step + 1}: the {broken[0]}'s weights are no longer finite (is the "
                                         "learning rate too large?); nothing was saved")
-                save_checkpoint(self.out, step + 1, self.models, self.optimizers, self.schedulers, self.processor,
-                                self.d, extra=self.progress)
+                save_checkpoint(self.out, step + 1, self.models, self.optimizers, self.schedulers, self.d,
+                                extra=self.progress)
             if preempted:
                 self.guard.exit(step + 1, self.out)

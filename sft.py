@@ -60,6 +60,8 @@ class Args:
     freeze_merger: bool = arg(False, "freeze the vision-language merger and the DeepStack mergers")
     gradient_checkpointing: bool = arg(False, "recompute decoder activations in backward to save memory")
     bf16: bool = arg(False, "bf16 compute on GPU (FSDP2 mixed precision when sharded, autocast otherwise)")
+    param_dtype: model.ParamDtype = arg("float32", "dtype the weights and optimizer moments are held in: float32 "
+                                        "master weights, or bfloat16 to halve their memory (updates rounded)")
     max_skipped_steps: int = arg(10, "stop after this many optimizer steps in a row with a non-finite gradient",
                                  check=AT_LEAST_ONE)
     save_every: int = arg(500, "write a resumable checkpoint every this many steps (and at the end)",
@@ -107,13 +109,13 @@ def main(args: Args) -> None:
     conversations, dropped = batching.drop_long_conversations(processor, conversations, args.max_length)
     batching.require_some_kept(conversations, dropped, "conversations", "--max-length", args.max_length)
     policy = model.load_sharded(model.Policy, args.policy, d, args.bf16, model.training_setup(
-        args.freeze_vision, args.freeze_merger, args.gradient_checkpointing))
+        args.freeze_vision, args.freeze_merger, args.gradient_checkpointing), args.param_dtype)
     policy.train()
     per_step = args.micro_batch * args.grad_accum * d.world_size
     total_steps = args.steps or math.ceil(args.epochs * len(conversations) / per_step)
     optimizer, scheduler = run.make_optimizer(policy, args.lr, args.weight_decay, total_steps,
                                               round(args.warmup_ratio * total_steps), "cosine")
-    training = run.TrainingRun(out, d, processor, {"policy": policy}, {"policy": optimizer}, {"policy": scheduler},
+    training = run.TrainingRun(out, d, {"policy": policy}, {"policy": optimizer}, {"policy": scheduler},
                                args, ("loss/sft", "optim/lr", "optim/grad_norm", "time/step_s"))
     if d.is_main:
         print(f"SFT: {len(conversations)} conversations ({dropped} too long, dropped), {total_steps} steps of "

@@ -117,6 +117,8 @@ class WarmupArgs:
     freeze_merger: bool = arg(False, "freeze the vision-language merger and the DeepStack mergers")
     gradient_checkpointing: bool = arg(False, "recompute decoder activations in backward to save memory")
     bf16: bool = arg(False, "bf16 compute on GPU (FSDP2 mixed precision when sharded, autocast otherwise)")
+    param_dtype: model.ParamDtype = arg("float32", "dtype the weights and optimizer moments are held in: float32 "
+                                        "master weights, or bfloat16 to halve their memory (updates rounded)")
     max_skipped_steps: int = arg(10, "stop after this many optimizer steps in a row with a non-finite gradient",
                                  check=AT_LEAST_ONE)
     save_every: int = arg(500, "write a resumable checkpoint every this many steps (and at the end)",
@@ -371,14 +373,15 @@ def main_warmup(args: WarmupArgs) -> None:
     # A text-only discriminator's vision encoder never runs: no gradient, no optimizer state to save.
     text_only = args.disc_text_only
     disc = model.load_sharded(model.Discriminator, args.discriminator, d, args.bf16, model.training_setup(
-        args.freeze_vision or text_only, args.freeze_merger or text_only, args.gradient_checkpointing))
+        args.freeze_vision or text_only, args.freeze_merger or text_only, args.gradient_checkpointing),
+        args.param_dtype)
     disc.dropout.p = args.dropout
     disc.train()
     lines_per_step = args.disc_micro_batch * args.grad_accum * d.world_size
     total_steps = args.steps or math.ceil(args.epochs * len(pairs) / lines_per_step)
     optimizer, scheduler = run.make_optimizer(disc, args.disc_lr, args.weight_decay, total_steps,
                                               round(args.warmup_ratio * total_steps), "cosine")
-    training = run.TrainingRun(out, d, processor, {"discriminator": disc}, {"discriminator": optimizer},
+    training = run.TrainingRun(out, d, {"discriminator": disc}, {"discriminator": optimizer},
                                {"discriminator": scheduler}, args,
                                ("loss/disc", "disc/perception/accuracy", "disc/reasoning/accuracy",
                                 "disc/eval/perception/accuracy", "disc/eval/reasoning/accuracy", "optim/lr",

@@ -21,7 +21,6 @@ Subprocesses run side by side where they are independent: each is single-threade
 import io
 import json
 import os
-import pickle
 import random
 import re
 import shlex
@@ -54,6 +53,7 @@ from run import (
     latest_checkpoint,
     load_checkpoint,
     make_optimizer,
+    read_sharded,
     save_checkpoint,
     verify_checkpoint,
 )
@@ -150,6 +150,11 @@ def policy_weights(path: Path) -> dict:
 
 def ckpt_dir(out: Path, step: int) -> Path:
     return out / "checkpoints" / f"step_{step:08d}"
+
+
+def ckpt_weights(path: Path) -> dict:
+    """A training checkpoint's policy weights (every rank's shards assembled), by HF name."""
+    return {k.removeprefix("hf."): v for k, v in read_sharded(path).items()}
 
 
 def no_traceback(stderr: str) -> None:
@@ -296,8 +301,8 @@ def test_sigterm_to_torchrun_checkpoints_on_every_rank(tiny_dir, synth_dir, tmp_
     assert sorted(p.name for p in (out / "checkpoints").glob("*")) == ["step_00000002"]
     assert not (out / "model").exists() and [m["step"] for m in metrics(out)] == [1, 2]
     verify_checkpoint(ckpt_dir(out, 2))
-    state = torch.load(ckpt_dir(out, 2) / "train_state.pt", weights_only=True)
-    assert state["step"] == 2
+    assert json.loads((ckpt_dir(out, 2) / "train_state.json").read_text())["step"] == 2
+    assert len(list((ckpt_dir(out, 2) / "policy").glob("shard-*.safetensors"))) == 2  # one per rank
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,7 +344,7 @@ def test_kill_9_while_checksumming_a_checkpoint_keeps_the_previous_one(kills, sf
     """Killed after every file of step 8 is written but before its manifest: step 4 stays the newest."""
     run = kills["sha256"]
     assert run["killed"].returncode == -signal.SIGKILL
-    assert "train_state.pt" in run["partial"] and MANIFEST not in run["partial"]
+    assert "train_state.json" in run["partial"] and MANIFEST not in run["partial"]
     assert run["latest"] == ckpt_dir(run["out"], 4)
     verify_checkpoint(run["latest"])
     assert run["resumed"].returncode == 0, run["resumed"].stderr[-4000:]
@@ -396,9 +401,11 @@ def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
 
 
-DAMAGE = {"policy/model.safetensors": flip_bytes, "train_state.pt": truncate,
+SHARD = "shard-00001-model-00001-of-00001.safetensors"  # rank 0's file in each directory of a checkpoint
+DAMAGE = {f"policy/{SHARD}": flip_bytes, "train_state.json": truncate, f"policy.optimizer/{SHARD}": flip_bytes,
           # load_checkpoint treats a missing RNG file as optional; only the manifest notices it is gone
-          "rng_rank0.pt": Path.unlink}
+          "rng_rank0.safetensors": Path.unlink}
+WARMUP_DAMAGE = f"discriminator/{SHARD}"
 
 
 class Payload:
@@ -421,9 +428,9 @@ def plant(ckpt: Path, rel: str, obj) -> None:
 
 
 @pytest.fixture(scope="module")
-def refused_resumes(sft_ref, disc_dir, processor, tiny_dir, synth_dir, tmp_path_factory) -> dict:
+def refused_resumes(sft_ref, disc_dir, tiny_dir, synth_dir, tmp_path_factory) -> dict:
     """--resume from checkpoints that must be refused, all at once: one damage per DAMAGE entry, a
-    pickle-bearing train_state.pt, and a warm-up checkpoint with a flipped score head."""
+    pickle in place of train_state.json, and a warm-up checkpoint with a flipped discriminator shard."""
     root = tmp_path_factory.mktemp("refused")
     sft = ["sft.py", *sft_flags(tiny_dir, synth_dir), "--resume"]
     outs, runs = {}, {}
@@ -431,7 +438,7 @@ def refused_resumes(sft_ref, disc_dir, processor, tiny_dir, synth_dir, tmp_path_
         outs[rel] = root / rel.replace("/", "_")
         damage(copy_checkpoint(ckpt_dir(sft_ref, SFT_STEPS), outs[rel]) / rel)
     outs["pickle"] = root / "pickle"
-    plant(copy_checkpoint(ckpt_dir(sft_ref, SFT_STEPS), outs["pickle"]), "train_state.pt",
+    plant(copy_checkpoint(ckpt_dir(sft_ref, SFT_STEPS), outs["pickle"]), "train_state.json",
           {"step": SFT_STEPS, "extra": Payload(root / "payload-ran")})
     for name, out in outs.items():
         runs[name] = start(sft + ["--out", out], root / f"{name.replace('/', '_')}.log")
@@ -439,9 +446,8 @@ def refused_resumes(sft_ref, disc_dir, processor, tiny_dir, synth_dir, tmp_path_
     outs["warmup"] = root / "warmup"
     disc = model.Discriminator.from_pretrained(disc_dir)
     optimizer, scheduler = make_optimizer(disc, 1e-3, 0.01, 4, 1)
-    ckpt = save_checkpoint(outs["warmup"], 1, *[{"discriminator": x} for x in (disc, optimizer, scheduler)],
-                                 processor, Dist())
-    flip_bytes(ckpt / "discriminator" / hf_checkpoint.SCORE_HEAD_FILE)
+    ckpt = save_checkpoint(outs["warmup"], 1, *[{"discriminator": x} for x in (disc, optimizer, scheduler)], Dist())
+    flip_bytes(ckpt / WARMUP_DAMAGE)
     runs["warmup"] = start(["upcycle_moe.py", "warmup", "--discriminator", disc_dir, "--data",
                             synth_dir / "pairs.jsonl", "--out", outs["warmup"], "--steps", 4, "--resume"],
                            root / "warmup.log")
@@ -460,11 +466,11 @@ def test_a_corrupted_checkpoint_stops_resume_with_an_error_naming_the_file(rel, 
 
 def test_verification_comes_before_anything_is_loaded(sft_ref, tiny_dir, tmp_path):
     ckpt = copy_checkpoint(ckpt_dir(sft_ref, SFT_STEPS), tmp_path)
-    truncate(ckpt / "train_state.pt")  # the file load_checkpoint reads after the (intact) weights
+    truncate(ckpt / "policy.optimizer" / SHARD)  # the file load_checkpoint reads after the (intact) weights
     policy = model.Policy.from_pretrained(tiny_dir)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     optimizer, scheduler = make_optimizer(policy, 1e-3, 0.0, SFT_STEPS, 1)
-    with pytest.raises(TrainingError, match="train_state.pt does not match its checksum"):
+    with pytest.raises(TrainingError, match=f"policy.optimizer/{SHARD} does not match its checksum"):
         load_checkpoint(ckpt, {"policy": policy}, {"policy": optimizer}, {"policy": scheduler}, Dist())
     assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())
     assert not optimizer.state and scheduler.last_epoch == 0
@@ -480,27 +486,31 @@ def test_a_damaged_manifest_is_a_named_error(sft_ref, tmp_path):
 def test_warmup_reports_a_corrupted_checkpoint_without_a_traceback(refused_resumes):
     _, done = refused_resumes["warmup"]
     assert done.returncode != 0
-    assert f"discriminator/{hf_checkpoint.SCORE_HEAD_FILE}" in done.stderr
+    assert WARMUP_DAMAGE in done.stderr
     no_traceback(done.stderr)
 
 
 def test_a_pickle_bearing_checkpoint_is_refused_without_running_it(refused_resumes, sft_ref, tiny_dir, tmp_path):
+    """Nothing in a checkpoint is unpickled: a pickle put in place of the training state or of a rank's RNG
+    file, re-signed in the manifest, is refused as unreadable before any weight is loaded; its payload never runs."""
     out, done = refused_resumes["pickle"]
     marker = refused_resumes["marker"]
-    assert done.returncode != 0 and "Weights only load failed" in done.stderr, done.stderr[-3000:]
+    assert done.returncode != 0 and "train_state.json cannot be read" in done.stderr, done.stderr[-3000:]
+    no_traceback(done.stderr)
     assert not marker.exists() and not (out / "model").exists()
 
-    # The per-rank RNG file is read the same way.
     ckpt = copy_checkpoint(ckpt_dir(sft_ref, SFT_STEPS), tmp_path)
-    plant(ckpt, "rng_rank0.pt", {"torch": Payload(marker)})
+    plant(ckpt, "rng_rank0.safetensors", {"torch": Payload(marker)})
     policy = model.Policy.from_pretrained(tiny_dir)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
     optimizer, scheduler = make_optimizer(policy, 1e-3, 0.0, SFT_STEPS, 1)
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(TrainingError, match="rng_rank0.safetensors cannot be read"):
         load_checkpoint(ckpt, {"policy": policy}, {"policy": optimizer}, {"policy": scheduler}, Dist())
     assert not marker.exists()
+    assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())
 
     # The payload is live: an unrestricted load runs it, so its absence above is the loader's doing.
-    torch.load(ckpt_dir(out, SFT_STEPS) / "train_state.pt", weights_only=False)
+    torch.load(ckpt_dir(out, SFT_STEPS) / "train_state.json", weights_only=False)
     assert marker.exists()
 
 
@@ -566,13 +576,12 @@ def test_a_non_finite_step_is_skipped_on_every_rank_together(non_finite_runs):
         assert not torch.isfinite(torch.tensor(lines[1]["optim/grad_norm"]))
     one, two = non_finite_runs["one"][0], non_finite_runs["two"][0]
     # The skipped step left weights and optimizer state exactly as step 1 had them, on both shards.
-    after1, after2 = (policy_weights(ckpt_dir(two, s) / "policy") for s in (1, 2))
+    after1, after2 = (ckpt_weights(ckpt_dir(two, s) / "policy") for s in (1, 2))
     assert all(torch.equal(after1[k], after2[k]) for k in after1)
-    assert max_diff(after2, policy_weights(ckpt_dir(two, 3) / "policy")) > 0  # step 3 trained again
-    states = [torch.load(ckpt_dir(two, s) / "train_state.pt", weights_only=True)["optimizers"]["policy"]["state"]
-              for s in (1, 2)]
-    assert all(torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["step"], b["step"])
-               for a, b in zip(states[0].values(), states[1].values()))
+    assert max_diff(after2, ckpt_weights(ckpt_dir(two, 3) / "policy")) > 0  # step 3 trained again
+    states = [read_sharded(ckpt_dir(two, s) / "policy.optimizer") for s in (1, 2)]
+    assert any(k.endswith(".exp_avg") for k in states[0]) and any(k.endswith(".step") for k in states[0])
+    assert states[0].keys() == states[1].keys() and all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     # And the two-rank run is the one-rank run: both ranks skipped, as the single rank did.
     diff = max_diff(policy_weights(one / "model"), policy_weights(two / "model"))
     print(f"NaN at step 2 (on rank 1 of 2, vs 1 rank): max weight diff {diff:.1e}")
@@ -591,7 +600,7 @@ def test_repeated_non_finite_steps_stop_the_run_with_a_clear_error(non_finite_ru
     assert [(m["step"], m["optim/skipped_step"]) for m in metrics(out)] == [(1, 1.0)]
     # The run's only finished step was non-finite: its checkpoint holds the initial weights, bit for bit.
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000001"]
-    initial, after = policy_weights(tiny_dir), policy_weights(ckpt_dir(out, 1) / "policy")
+    initial, after = policy_weights(tiny_dir), ckpt_weights(ckpt_dir(out, 1) / "policy")
     assert all(torch.equal(initial[k], after[k]) for k in initial)
 
 

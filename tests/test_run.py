@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, run_script
-from safetensors.torch import load_file, save_file
 
 import align
 import eval as evaluation
@@ -27,14 +26,6 @@ class Counter(torch.nn.Module):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(2))
 
-    def save_pretrained(self, processor, out: Path, d: run.Dist) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        save_file({"w": self.w.detach().clone()}, str(out / "w.safetensors"))
-
-    def load_weights(self, path: Path) -> None:
-        with torch.no_grad():
-            self.w.copy_(load_file(str(path / "w.safetensors"))["w"])
-
 
 @dataclass
 class LoopArgs:
@@ -46,7 +37,7 @@ class LoopArgs:
 def _training(out: Path, resume: bool):
     module = Counter()
     optimizer, scheduler = run.make_optimizer(module, 0.1, 0.0, 10, 1, "constant")
-    training = run.TrainingRun(out, run.Dist(), None, {"m": module}, {"m": optimizer}, {"m": scheduler},
+    training = run.TrainingRun(out, run.Dist(), {"m": module}, {"m": optimizer}, {"m": scheduler},
                                LoopArgs(resume=resume), console=("loss",), progress={"seen": 0})
     return module, optimizer, scheduler, training
 

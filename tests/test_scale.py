@@ -58,6 +58,16 @@ def test_load_sharded_two_ranks_hold_half_and_give_the_same_logits(tiny_dir, tmp
     whole = one["local_param_mib"][0]
     assert all(abs(half - whole / 2) <= 0.01 * whole for half in two["local_param_mib"])
 
+    # --param-dtype bfloat16: each rank holds half the bytes again, and the logits move only by bf16 rounding.
+    record = tmp_path / "bf16.json"
+    run_script(["scripts/sharded_load.py", "--out", tiny_dir, "--worker", record, "--param-dtype", "bfloat16"], nproc=2)
+    bf16 = json.loads(record.read_text())
+    assert all(abs(quarter - whole / 4) <= 0.01 * whole for quarter in bf16["local_param_mib"])
+    logits = torch.load(record.with_suffix(".pt"), weights_only=True)
+    err = (logits - one["logits"]).abs().max().item() / one["logits"].abs().max().item()
+    print(f"bfloat16 weights on 2 ranks: max logit error {err:.1e} of the largest logit")
+    assert 0 < err < 0.05
+
 
 def test_meta_load_refuses_a_checkpoint_it_cannot_fill(tiny_dir, tmp_path):
     """A stored tensor of the wrong shape is an error naming it, before any rank allocates or reads."""
@@ -165,3 +175,34 @@ def test_other_quantisation_methods_are_refused(tiny_dir, tmp_path):
     (tmp_path / "q" / "config.json").write_text(json.dumps(config | {"quantization_config": {"quant_method": "gptq"}}))
     with pytest.raises(DataError, match="quant_method 'gptq' is not read; only compressed-tensors"):
         hf_checkpoint.load_hf_model(tmp_path / "q")
+
+
+def test_the_final_directory_is_consolidated_in_files_of_bounded_size(tiny_dir, processor, tmp_path, monkeypatch):
+    """save_pretrained writes model-0000k-of-0000n files of at most run.MAX_FILE_BYTES (a tensor larger than
+    that alone in its file) and their index, leaves no per-rank slices behind, and plain transformers reads
+    the directory back to the same weights. (Two ranks writing it: tests/test_model.py.)"""
+    from safetensors import safe_open
+    from transformers import AutoModelForImageTextToText
+
+    import run
+
+    limit = 1 << 20
+    monkeypatch.setattr(run, "MAX_FILE_BYTES", limit)
+    policy = model.Policy.from_pretrained(tiny_dir)
+    out = tmp_path / "saved"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"stale")  # a previous save's file is replaced, not left beside
+    policy.save_pretrained(processor, out, run.Dist())
+    files = sorted(out.glob("*.safetensors"))
+    assert len(files) >= 3 and all(f.name.startswith("model-0") for f in files)
+    assert not (out / "sharded").exists()
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            sizes = [st.get_slice(k).get_shape() for k in st.keys()]
+        nbytes = sum(4 * torch.Size(s).numel() for s in sizes)
+        assert nbytes <= limit or len(sizes) == 1, f.name
+    index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    assert set(index.values()) == {f.name for f in files}
+    again = AutoModelForImageTextToText.from_pretrained(out).state_dict()
+    original = policy.hf.state_dict()
+    assert again.keys() == original.keys() and all(torch.equal(again[k], original[k]) for k in original)

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import batching
 import data
 import model
 import sft
+from run import read_sharded
 
 
 def _metrics(path):
@@ -66,18 +68,33 @@ def test_two_ranks_match_one_and_resume_is_exact(tiny_dir, synth_dir, tmp_path):
     print(f"1 vs 2 ranks: max weight diff {diff:.2e}")
     assert diff < 1e-4
 
-    # Resume: drop everything after step 2, continue, and land on the uninterrupted weights.
-    resumed = tmp_path / "resumed"
-    shutil.copytree(tmp_path / "one", resumed)
-    shutil.rmtree(resumed / "checkpoints" / "step_00000004")
-    shutil.rmtree(resumed / "model")
-    run_script(common + ["--grad-accum", "4", "--out", resumed, "--resume"])
+    # Resume: drop everything after step 2, continue, and land on the uninterrupted weights and moments.
+    resumed = _resume_from_step_2(tmp_path / "one", tmp_path / "resumed", common + ["--grad-accum", "4"], nproc=1)
     assert _max_diff(_weights(tmp_path / "one" / "model"), _weights(resumed / "model")) <= 1e-6
     assert [m["step"] for m in _metrics(resumed)] == [1, 2, 3, 4]
-    ckpt = torch.load(resumed / "checkpoints" / "step_00000004" / "train_state.pt", weights_only=True)
-    ref = torch.load(tmp_path / "one" / "checkpoints" / "step_00000004" / "train_state.pt", weights_only=True)
-    for a, b in zip(ckpt["optimizers"]["policy"]["state"].values(), ref["optimizers"]["policy"]["state"].values()):
-        assert torch.allclose(a["exp_avg_sq"], b["exp_avg_sq"], atol=1e-12, rtol=1e-6)
+    ckpt, ref = (read_sharded(out / "checkpoints" / "step_00000004" / "policy.optimizer")
+                 for out in (resumed, tmp_path / "one"))
+    assert ckpt.keys() == ref.keys() and any(k.endswith("exp_avg_sq") for k in ckpt)
+    assert all(torch.allclose(ckpt[k], ref[k], atol=1e-12, rtol=1e-6) for k in ckpt)
+
+    # The two-rank checkpoint holds one file per rank; resumed on one rank, and the one-rank checkpoint on
+    # two, each run continues to the same weights (resharded, up to the 1-vs-2-rank summation order).
+    shards = sorted(p.name for p in (tmp_path / "two" / "checkpoints" / "step_00000002" / "policy").iterdir())
+    assert shards == ["shard-00001-model-00001-of-00001.safetensors", "shard-00002-model-00001-of-00001.safetensors"]
+    two_to_one = _resume_from_step_2(tmp_path / "two", tmp_path / "two_to_one", common + ["--grad-accum", "4"], nproc=1)
+    one_to_two = _resume_from_step_2(tmp_path / "one", tmp_path / "one_to_two", common + ["--grad-accum", "2"], nproc=2)
+    for out in (two_to_one, one_to_two):
+        diff = _max_diff(_weights(tmp_path / "one" / "model"), _weights(out / "model"))
+        print(f"{out.name}: max weight diff {diff:.2e}")
+        assert diff < 1e-4
+
+
+def _resume_from_step_2(done: Path, out: Path, flags: list, nproc: int) -> Path:
+    shutil.copytree(done, out)
+    shutil.rmtree(out / "checkpoints" / "step_00000004")
+    shutil.rmtree(out / "model")
+    run_script(flags + ["--out", out, "--resume"], nproc=nproc)
+    return out
 
 
 def test_bad_data_stops_before_any_step(tiny_dir, synth_dir, tmp_path):

@@ -237,8 +237,7 @@ def test_warmup_checkpoint_round_trips(warmed, upcycled_dir, synth_dir, processo
     final = _scores(model.Discriminator.from_pretrained(warmed / "discriminator"), processor, pairs)
     ckpt = run.latest_checkpoint(warmed)
     assert ckpt.name == f"step_{WARMUP_STEPS:08d}"
-    assert torch.equal(final, _scores(model.Discriminator.from_pretrained(ckpt / "discriminator"), processor, pairs))
-    # Restoring the training checkpoint into a fresh discriminator gives the same scores.
+    # Restoring the (sharded) training checkpoint into a fresh discriminator gives the final scores.
     fresh = model.Discriminator.from_pretrained(upcycled_dir)
     assert not torch.equal(final, _scores(fresh, processor, pairs))
     optimizer, scheduler = run.make_optimizer(fresh, 1e-3, 0.01, WARMUP_STEPS, 3)
