@@ -335,12 +335,29 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+MAX_FILE_BYTES = 2 << 30  # of whole tensors per safetensors file; each rank serialises its part in memory
+
+
+def file_numbers(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Stored name → number (from 1) of the file it goes to: consecutive tensors, at most MAX_FILE_BYTES of
+    whole tensors (sharded or not) a file, a larger tensor alone. Bounds both the files and the memory
+    torch.distributed.checkpoint's safetensors writer takes, as it builds each rank's file in memory."""
+    numbers, file, size = {}, 1, 0
+    for name, tensor in state.items():  # in state-dict order, so that a layer's tensors share a file
+        nbytes = tensor.numel() * tensor.element_size()
+        if size and size + nbytes > MAX_FILE_BYTES:
+            file, size = file + 1, 0
+        numbers[name], size = file, size + nbytes
+    return numbers
+
+
 def save_checkpoint(out: Path, step: int, models: dict[str, nn.Module], optimizers: dict, schedulers: dict,
                     d: Dist, extra: dict | None = None) -> Path:
     """Write out/checkpoints/step_N, every rank writing only its own shards (nothing is gathered):
 
-        <model>/                    the weights: torch.distributed.checkpoint's Hugging Face writer, one
-                                    safetensors file per rank with each slice's offsets in its header
+        <model>/                    the weights: torch.distributed.checkpoint's Hugging Face writer, each rank's
+                                    slices in its own safetensors files (file_numbers), each slice's offsets
+                                    in the file header
         <model>.optimizer/          the optimizer's tensors (moments, step counts), the same way
         train_state.json            step, progress (`extra`), scheduler states, optimizer hyperparameters
         rng_rank<r>.safetensors     each rank's generators
@@ -349,7 +366,7 @@ def save_checkpoint(out: Path, step: int, models: dict[str, nn.Module], optimize
     Nothing is pickled. Everything is written under a temporary name and renamed at the end, so an
     interrupted save never looks like a complete checkpoint. load_checkpoint reshards to any world size.
     """
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     final = out / "checkpoints" / f"step_{step:08d}"
     tmp = final.with_name(final.name + ".tmp")
@@ -360,10 +377,12 @@ def save_checkpoint(out: Path, step: int, models: dict[str, nn.Module], optimize
     train_state = {"step": step, "extra": extra or {}, "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
                    "param_groups": {}}
     for name, module in models.items():
-        dcp_save(get_model_state_dict(module), _shard_writer(tmp / name), d)
+        weights = _stored_weights(module)
+        dcp_save(weights, _shard_writer(tmp / name, weights), d)
         if name in optimizers:
             state = get_optimizer_state_dict(module, optimizers[name])
-            dcp_save({"state": state["state"]}, _shard_writer(tmp / f"{name}.optimizer"), d)
+            moments = _flat_moments(state)
+            dcp_save(moments, _shard_writer(tmp / f"{name}.optimizer", moments), d)
             train_state["param_groups"][name] = state["param_groups"]
     save_rng_state(tmp / f"rng_rank{d.rank}.safetensors")
     if d.is_main:
@@ -380,10 +399,30 @@ def save_checkpoint(out: Path, step: int, models: dict[str, nn.Module], optimize
     return final
 
 
-def _shard_writer(path: Path):
+def _stored_weights(module: nn.Module) -> dict:
+    """The module's state dict (sharded under FSDP2) with each parameter once: a tied one (an lm_head that is
+    the input embedding) is stored under its first name only, as safetensors holds no tensor twice."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    seen, tied = set(), set()
+    for name, param in module.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            tied.add(name)
+        seen.add(id(param))
+    return {k: v for k, v in get_model_state_dict(module).items() if k not in tied}
+
+
+def _flat_moments(optimizer_state: dict) -> dict[str, torch.Tensor]:
+    """An optimizer state dict's tensors, `<parameter name>.<exp_avg | exp_avg_sq | step>`: the tensors themselves,
+    so that loading into this dict fills the state dict it came from."""
+    return {f"{param}.{key}": value for param, state in optimizer_state["state"].items()
+            for key, value in state.items()}
+
+
+def _shard_writer(path: Path, state: dict):
     import torch.distributed.checkpoint as dcp
 
-    return dcp.HuggingFaceStorageWriter(str(path), save_distributed=True)
+    return dcp.HuggingFaceStorageWriter(str(path), fqn_to_index_mapping=file_numbers(state), save_distributed=True)
 
 
 def dcp_save(state: dict, storage_writer, d: Dist) -> None:
@@ -416,9 +455,6 @@ def read_sharded(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-MAX_FILE_BYTES = 4 << 30  # per consolidated safetensors file
-
-
 def save_consolidated(weights: dict[str, torch.Tensor], out: Path, d: Dist) -> None:
     """Collective: write `weights` ({stored name: tensor, plain or FSDP2-sharded}) to `out` as consolidated
     safetensors files of at most MAX_FILE_BYTES (model-0000k-of-0000n.safetensors and their index), without
@@ -430,20 +466,14 @@ def save_consolidated(weights: dict[str, torch.Tensor], out: Path, d: Dist) -> N
     """
     import torch.distributed.checkpoint as dcp
 
-    index, file, size = {}, 1, 0
-    for name, tensor in weights.items():  # in state-dict order, so that a layer's tensors share a file
-        nbytes = tensor.numel() * tensor.element_size()  # of the whole tensor, also when sharded
-        if size and size + nbytes > MAX_FILE_BYTES:
-            file, size = file + 1, 0
-        index[name], size = file, size + nbytes
     if d.is_main:  # a previous save's files would otherwise stay beside the new ones
         shutil.rmtree(out / "sharded", ignore_errors=True)
         for stale in [*out.glob("model*.safetensors"), out / "model.safetensors.index.json"]:
             stale.unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
     barrier()
-    writer = dcp.HuggingFaceStorageWriter(str(out), fqn_to_index_mapping=index, save_distributed=True,
-                                          enable_consolidation=True)
+    writer = dcp.HuggingFaceStorageWriter(str(out), fqn_to_index_mapping=file_numbers(weights),
+                                          save_distributed=True, enable_consolidation=True)
     dcp_save(weights, writer, d)
     barrier()
     if d.is_main:
@@ -481,7 +511,7 @@ def load_checkpoint(path: Path, models: dict[str, nn.Module], optimizers: dict, 
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
-        get_model_state_dict,
+        StateDictOptions,
         get_optimizer_state_dict,
         set_model_state_dict,
         set_optimizer_state_dict,
@@ -495,12 +525,12 @@ def load_checkpoint(path: Path, models: dict[str, nn.Module], optimizers: dict, 
     rng_file = path / f"rng_rank{d.rank}.safetensors"
     rng = read_rng_state(rng_file) if rng_file.is_file() else None
     for name, module in models.items():
-        weights = get_model_state_dict(module)
+        weights = _stored_weights(module)
         dcp_load(weights, dcp.HuggingFaceStorageReader(str(path / name)), d)
-        set_model_state_dict(module, weights)
+        set_model_state_dict(module, weights, options=StateDictOptions(strict=False))  # a tied name is left out
         if name in optimizers:
             state = get_optimizer_state_dict(module, optimizers[name])  # allocates the moments to read into
-            dcp_load({"state": state["state"]}, dcp.HuggingFaceStorageReader(str(path / f"{name}.optimizer")), d)
+            dcp_load(_flat_moments(state), dcp.HuggingFaceStorageReader(str(path / f"{name}.optimizer")), d)
             state["param_groups"] = train_state["param_groups"][name]
             set_optimizer_state_dict(module, optimizers[name], state)
     for name, sched in schedulers.items():

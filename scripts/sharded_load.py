@@ -66,6 +66,8 @@ def worker(model_dir: Path, out: Path, param_dtype: str, checkpoint: bool) -> No
         policy.unshard()  # the root unit's parameters (embeddings, norm): hf's forward bypasses the root's hooks
     with torch.no_grad():
         logits = policy.hf(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+    if d.distributed:
+        policy.reshard()
     save_s = resume_s = 0.0
     if checkpoint:
         optimizer, scheduler = run.make_optimizer(policy, 1e-5, 0.0, 10, 1)
@@ -76,7 +78,8 @@ def worker(model_dir: Path, out: Path, param_dtype: str, checkpoint: bool) -> No
         t0 = time.perf_counter()
         run.load_checkpoint(saved, models, optimizers, schedulers, d)
         resume_s = time.perf_counter() - t0
-    stats = torch.tensor([loaded, loaded - before, load_s, local / 2**20, save_s, resume_s], dtype=torch.float64)
+    stats = torch.tensor([loaded, loaded - before, load_s, local / 2**20, save_s, resume_s, rss_mib()],
+                         dtype=torch.float64)
     gathered = [torch.zeros_like(stats) for _ in range(d.world_size)] if d.distributed else [stats]
     if d.distributed:
         torch.distributed.all_gather(gathered, stats)
@@ -85,7 +88,8 @@ def worker(model_dir: Path, out: Path, param_dtype: str, checkpoint: bool) -> No
         rows = torch.stack(gathered)
         out.write_text(json.dumps({"peak_rss_mib": rows[:, 0].max().item(), "loaded_mib": rows[:, 1].max().item(),
                                    "load_s": rows[:, 2].max().item(), "local_param_mib": rows[:, 3].tolist(),
-                                   "save_s": rows[:, 4].max().item(), "resume_s": rows[:, 5].max().item()}))
+                                   "save_s": rows[:, 4].max().item(), "resume_s": rows[:, 5].max().item(),
+                                   "final_peak_rss_mib": rows[:, 6].max().item()}))
 
 
 def main() -> None:
@@ -123,7 +127,8 @@ def main() -> None:
             r["checkpoint_mib_per_rank"] = [sum(f.stat().st_size for f in ckpt.rglob(f"shard-{rank + 1:05d}-*")) / 2**20
                                             for rank in range(ranks)]
             print(f"   checkpoint (weights + AdamW moments): save {r['save_s']:.1f} s, resume {r['resume_s']:.1f} s, "
-                  f"per rank {[round(b) for b in r['checkpoint_mib_per_rank']]} MiB")
+                  f"per rank {[round(b) for b in r['checkpoint_mib_per_rank']]} MiB written, peak RSS per rank "
+                  f"{r['final_peak_rss_mib']:.0f} MiB")
             shutil.rmtree(ckpt)
         print(f"{ranks} ranks: peak RSS {r['peak_rss_mib']:.0f} MiB (+{r['loaded_mib']:.0f} MiB for the model; "
               f"its float32 share {r['model_mib_per_rank']:.0f} MiB), load {r['load_s']:.1f} s, "

@@ -89,6 +89,33 @@ def test_skipped_steps_in_a_row_stop_the_loop_and_errors_name_the_step(tmp_path)
         training.loop(2, failing, "test")
 
 
+class Tied(torch.nn.Module):
+    """An output layer that is the input embedding, as in the 2B and 4B Qwen3-VL."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(5, 3)
+        self.head = torch.nn.Linear(3, 5, bias=False)
+        self.head.weight = self.embed.weight
+
+
+def test_a_tied_weight_is_stored_once_and_restored_tied(tmp_path):
+    torch.manual_seed(0)
+    module = Tied()
+    optimizer, scheduler = run.make_optimizer(module, 1e-2, 0.0, 4, 1)
+    module.head(module.embed(torch.tensor([1, 2]))).square().sum().backward()
+    run.clip_and_step(module, optimizer, scheduler, 10.0)
+    ckpt = run.save_checkpoint(tmp_path, 1, {"m": module}, {"m": optimizer}, {"m": scheduler}, run.Dist())
+    assert set(run.read_sharded(ckpt / "m")) == {"embed.weight"}
+    fresh = Tied()
+    assert not torch.equal(fresh.embed.weight, module.embed.weight)
+    fresh_optimizer, fresh_scheduler = run.make_optimizer(fresh, 1e-2, 0.0, 4, 1)
+    run.load_checkpoint(ckpt, {"m": fresh}, {"m": fresh_optimizer}, {"m": fresh_scheduler}, run.Dist())
+    assert torch.equal(fresh.embed.weight, module.embed.weight) and fresh.head.weight is fresh.embed.weight
+    moments = [fresh_optimizer.state[p]["exp_avg"] for p in fresh.parameters()]
+    assert len(moments) == 1 and torch.equal(moments[0], optimizer.state[module.embed.weight]["exp_avg"])
+
+
 def test_weights_made_non_finite_by_a_step_are_never_saved(tmp_path):
     module, optimizer, scheduler, training = _training(tmp_path / "a", resume=False)
 
