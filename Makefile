@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 DEMO   ?= runs/demo
 
-.PHONY: test demo reproduce ablations bench lint clean
+.PHONY: test demo reproduce ablations bench bench-trl lint clean
 
 # The lock file pins what the README's numbers were measured with; requirements.txt gives the ranges.
 $(VENV)/.installed: requirements.lock requirements.txt
@@ -32,6 +32,11 @@ reproduce: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m bench
+
+# TRL is a benchmark-only dependency: installed here, never imported by the pipeline or the tests.
+bench-trl: $(VENV)/.installed
+	$(PY) -m pip install --quiet --no-deps -r bench/requirements-trl.txt
+	$(PY) -m bench --sections trl --pairs 8 --out runs/bench_trl.json
 
 clean:
 	rm -rf $(VENV) runs

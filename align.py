@@ -179,7 +179,7 @@ class Segments:
     teacher: list[tuple[list[int], list[int]]]  # G prompts
 
 
-def discriminator_prompts(processor, rollouts: model.Rollouts, examples: list[data.Example],
+def discriminator_prompts(processor, rollouts: batching.Rollouts, examples: list[data.Example],
                           text_only: bool) -> tuple[batching.VLBatch, int]:
     """What the discriminator reads before each prompt's segments: G rows and their padded width.
 
@@ -193,14 +193,14 @@ def discriminator_prompts(processor, rollouts: model.Rollouts, examples: list[da
     return rollouts.batch.select(firsts), rollouts.prompt_len
 
 
-def split_rollouts(rollouts: model.Rollouts, examples: list[data.Example], tokenizer) -> Segments:
+def split_rollouts(rollouts: batching.Rollouts, examples: list[data.Example], tokenizer) -> Segments:
     """Step 2: each rollout's perception and reasoning segments, and the teacher's for each prompt."""
     splits = [data.split_segments(tokenizer, ids) for ids in rollouts.responses()]
     teacher = [data.text_segments(tokenizer, e.teacher_caption, e.teacher_cot) for e in examples]
     return Segments([s[:2] for s in splits], torch.tensor([s[2] for s in splits]), teacher)
 
 
-def score_rollouts(disc, prompts: tuple[batching.VLBatch, int], rollouts: model.Rollouts, segs: Segments,
+def score_rollouts(disc, prompts: tuple[batching.VLBatch, int], rollouts: batching.Rollouts, segs: Segments,
                    rows: list[int], pad_id: int, args: Args, d: run.Dist) -> model.SegmentScores:
     """Clipped scores of rollouts `rows` and of their prompts' teachers, in one forward; `prompts` is
     discriminator_prompts()."""

@@ -5,7 +5,8 @@
   - `VLBatch`: rows of tokens with each distinct image stored (and encoded) once;
   - prompts to generate from, SFT conversations with their target masks, discriminator inputs
     (prompt ⊕ segment);
-  - token-budget micro-batches and the seeded stream of shuffled epochs every stage draws from.
+  - token-budget micro-batches and the seeded stream of shuffled epochs every stage draws from;
+  - `Rollouts`: the rows generate returns, n responses per prompt, and their micro-batches.
 """
 
 import dataclasses
@@ -326,3 +327,81 @@ def stream_indices(n_items: int, seed: int, start: int, count: int) -> list[int]
 @functools.lru_cache(maxsize=4)
 def _epoch_permutation(n_items: int, seed: int, epoch: int):
     return torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+# ----------------------------------------------------------------------------------------------
+# Rollouts: the rows a generate call returns
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rollouts:
+    """n sampled responses for each of G prompts: B = G·n rows, prompt-major (row = g·n + j).
+
+    batch:          prompt ⊕ response, (B, P + R): prompts left-padded to P, responses right-padded;
+                    images repeated per row, ready for the training forward.
+    response_mask:  (B, R) 1 for response tokens up to and including the first <|im_end|>.
+    truncated:      (B,) True where the response hit the length limit before <|im_end|>.
+    group:          (B,) index of the prompt each row answers.
+    prompt_len:     P.
+    """
+
+    batch: VLBatch
+    response_mask: torch.Tensor
+    truncated: torch.Tensor
+    group: torch.Tensor
+    prompt_len: int
+
+    @property
+    def response_ids(self) -> torch.Tensor:
+        return self.batch.input_ids[:, self.prompt_len:]
+
+    @property
+    def target_mask(self) -> torch.Tensor:
+        """(B, P + R) mask of the response tokens, the targets of the policy's log-probs."""
+        prompt = torch.zeros_like(self.batch.input_ids[:, :self.prompt_len])
+        return torch.cat([prompt, self.response_mask], dim=1)
+
+    def micro_batch(self, rows: list[int]) -> tuple[VLBatch, torch.Tensor, int]:
+        """Rows `rows` as a forward batch without the columns that are padding in all of them.
+
+        Returns (batch, target_mask, R'): the batch's last R' columns are response positions
+        0 … R'−1. Prompts are left-padded and responses right-padded, so the dropped columns are
+        a prefix and a suffix, and a micro-batch of short responses costs only its own length.
+        """
+        batch = self.batch.select(rows)
+        keep = batch.attention_mask.bool().any(0)
+        return batch.columns(keep), self.target_mask[rows][:, keep], int(keep[self.prompt_len:].sum())
+
+    def responses(self) -> list[list[int]]:
+        """Each row's response tokens up to and including the EOS, as lists."""
+        return [ids[mask.bool()].tolist() for ids, mask in zip(self.response_ids, self.response_mask)]
+
+    def select(self, rows: list[int]) -> "Rollouts":
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        return Rollouts(self.batch.select(idx), self.response_mask[idx], self.truncated[idx], self.group[idx],
+                        self.prompt_len)
+
+    @staticmethod
+    def concat(parts: list["Rollouts"], pad_id: int) -> "Rollouts":
+        """Rollouts of several generate calls as one: prompts padded on the left, responses on the right,
+        groups renumbered so that they stay distinct."""
+        if len(parts) == 1:
+            return parts[0]
+        P = max(p.prompt_len for p in parts)
+        R = max(p.response_mask.shape[1] for p in parts)
+        batches, masks, groups, offset = [], [], [], 0
+        for p in parts:
+            batches.append(p.batch.padded(P - p.prompt_len, R - p.response_mask.shape[1], pad_id))
+            masks.append(F.pad(p.response_mask, (0, R - p.response_mask.shape[1])))
+            groups.append(p.group - p.group.min() + offset)
+            offset = int(groups[-1].max()) + 1
+        return Rollouts(VLBatch.concat(batches), torch.cat(masks), torch.cat([p.truncated for p in parts]),
+                        torch.cat(groups), P)
+
+
+def response_mask_through_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, R) → (mask (B, R): 1 up to and including the first EOS, truncated (B,): no EOS at all)."""
+    is_eos = torch.isin(response_ids, torch.as_tensor(eos_ids, device=response_ids.device))
+    before_or_at_eos = (is_eos.long().cumsum(-1) - is_eos.long()) == 0
+    return before_or_at_eos.long(), ~is_eos.any(-1)

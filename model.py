@@ -14,6 +14,7 @@ N = number of selected (target) tokens in a batch.
 """
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from batching import VLBatch, encode_scored
+from batching import Rollouts, VLBatch, encode_scored, response_mask_through_eos
 from data import VISION_TOKENS, DataError
 from hf_checkpoint import empty_hf_model, is_quantized, load_hf_model, read_score_head, save_hf_config, write_score_head
 from run import Dist, all_reduce, barrier, save_consolidated
@@ -379,79 +380,6 @@ def segment_metrics(scores: SegmentScores, valid: torch.Tensor, d: Dist, prefix:
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Rollouts:
-    """n sampled responses for each of G prompts: B = G·n rows, prompt-major (row = g·n + j).
-
-    batch:          prompt ⊕ response, (B, P + R): prompts left-padded to P, responses right-padded;
-                    images repeated per row, ready for the training forward.
-    response_mask:  (B, R) 1 for response tokens up to and including the first <|im_end|>.
-    truncated:      (B,) True where the response hit the length limit before <|im_end|>.
-    group:          (B,) index of the prompt each row answers.
-    prompt_len:     P.
-    """
-
-    batch: VLBatch
-    response_mask: torch.Tensor
-    truncated: torch.Tensor
-    group: torch.Tensor
-    prompt_len: int
-
-    @property
-    def response_ids(self) -> torch.Tensor:
-        return self.batch.input_ids[:, self.prompt_len:]
-
-    @property
-    def target_mask(self) -> torch.Tensor:
-        """(B, P + R) mask of the response tokens, the targets of the policy's log-probs."""
-        prompt = torch.zeros_like(self.batch.input_ids[:, :self.prompt_len])
-        return torch.cat([prompt, self.response_mask], dim=1)
-
-    def micro_batch(self, rows: list[int]) -> tuple[VLBatch, torch.Tensor, int]:
-        """Rows `rows` as a forward batch without the columns that are padding in all of them.
-
-        Returns (batch, target_mask, R'): the batch's last R' columns are response positions
-        0 … R'−1. Prompts are left-padded and responses right-padded, so the dropped columns are
-        a prefix and a suffix, and a micro-batch of short responses costs only its own length.
-        """
-        batch = self.batch.select(rows)
-        keep = batch.attention_mask.bool().any(0)
-        return batch.columns(keep), self.target_mask[rows][:, keep], int(keep[self.prompt_len:].sum())
-
-    def responses(self) -> list[list[int]]:
-        """Each row's response tokens up to and including the EOS, as lists."""
-        return [ids[mask.bool()].tolist() for ids, mask in zip(self.response_ids, self.response_mask)]
-
-    def select(self, rows: list[int]) -> "Rollouts":
-        idx = torch.as_tensor(rows, dtype=torch.long)
-        return Rollouts(self.batch.select(idx), self.response_mask[idx], self.truncated[idx], self.group[idx],
-                        self.prompt_len)
-
-    @staticmethod
-    def concat(parts: list["Rollouts"], pad_id: int) -> "Rollouts":
-        """Rollouts of several generate calls as one: prompts padded on the left, responses on the right,
-        groups renumbered so that they stay distinct."""
-        if len(parts) == 1:
-            return parts[0]
-        P = max(p.prompt_len for p in parts)
-        R = max(p.response_mask.shape[1] for p in parts)
-        batches, masks, groups, offset = [], [], [], 0
-        for p in parts:
-            batches.append(p.batch.padded(P - p.prompt_len, R - p.response_mask.shape[1], pad_id))
-            masks.append(F.pad(p.response_mask, (0, R - p.response_mask.shape[1])))
-            groups.append(p.group - p.group.min() + offset)
-            offset = int(groups[-1].max()) + 1
-        return Rollouts(VLBatch.concat(batches), torch.cat(masks), torch.cat([p.truncated for p in parts]),
-                        torch.cat(groups), P)
-
-
-def response_mask_through_eos(response_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, R) → (mask (B, R): 1 up to and including the first EOS, truncated (B,): no EOS at all)."""
-    is_eos = torch.isin(response_ids, torch.as_tensor(eos_ids, device=response_ids.device))
-    before_or_at_eos = (is_eos.long().cumsum(-1) - is_eos.long()) == 0
-    return before_or_at_eos.long(), ~is_eos.any(-1)
-
-
 @contextlib.contextmanager
 def gathered_weights(module: nn.Module):
     """Hold FSDP2-sharded weights unsharded for a whole generate call.
@@ -533,6 +461,33 @@ def end_of_response_ids(hf_model, tokenizer) -> list[int]:
 
 
 @torch.no_grad()
+def cache_kwarg(hf) -> str:
+    """The name the model's forward and generate take a KV cache under: transformers renamed `past_key_values`
+    to `cache` within the range this project supports."""
+    return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+
+
+def shared_prefill(hf, inputs: dict, n: int) -> tuple[dict, dict]:
+    """The G prompts' KV cache computed once each and repeated for their n rollouts, where generate's own
+    expansion would run the prefill (images and text) n times over.
+
+    inputs: generate's inputs for G left-padded prompts. All but each prompt's last token are prefilled;
+    generate then feeds that token on each of the G·n rows, so every rollout samples its first token from its
+    own row, as before (the same seed gives the same tokens: tests/test_model.py). Returns generate's inputs for
+    the G·n rows (the images are in the cache) and the cache keyword.
+    """
+    from transformers import DynamicCache
+
+    cache, name = DynamicCache(config=hf.config), cache_kwarg(hf)
+    text = [k for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in inputs]
+    hf(**{k: v[:, :-1] if k in text else v for k, v in inputs.items()}, **{name: cache}, use_cache=True,
+       logits_to_keep=1)
+    cache.batch_repeat_interleave(n)
+    # The prompts' M-RoPE offsets, which the decode positions are built from, for the G·n rows.
+    hf.model.rope_deltas = hf.model.rope_deltas.repeat_interleave(n, 0)
+    return {k: inputs[k].repeat_interleave(n, 0) for k in text}, {name: cache}
+
+
 def generate_rollouts(policy: Policy, prompts: VLBatch, tokenizer, n: int, max_new_tokens: int,
                       temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, bf16: bool = False,
                       compile_decode: bool = False) -> Rollouts:
@@ -540,8 +495,8 @@ def generate_rollouts(policy: Policy, prompts: VLBatch, tokenizer, n: int, max_n
 
     prompts: G left-padded prompts ending with the assistant header. Sampling is from the full
     softmax at `temperature` (top_k=0: no hidden top-k), nucleus-truncated only if top_p < 1.
-    generate encodes each prompt's images once and expands to n rows itself. The four vision
-    special tokens are never sampled: a sampled <|image_pad|> would break every later forward.
+    Each prompt is prefilled once for its n rollouts (shared_prefill). The four vision special
+    tokens are never sampled: a sampled <|image_pad|> would break every later forward.
 
     bf16: decode with bf16 weights on a GPU (see `decoding_weights`).
     compile_decode: a static KV cache and a torch.compile'd decode step. The cache is as long as
@@ -560,10 +515,13 @@ def generate_rollouts(policy: Policy, prompts: VLBatch, tokenizer, n: int, max_n
         cache = dict(cache_implementation="static", compile_config=decode_compile_config(prompts.input_ids.device))
     was_training = policy.training
     policy.eval()
-    with decoding_weights(policy, bf16):
-        out = hf.generate(**prompts.model_inputs(), max_new_tokens=max_new_tokens, num_return_sequences=n,
+    inputs, prefilled = prompts.model_inputs(), {}
+    with decoding_weights(policy, bf16), torch.no_grad():
+        if n > 1 and not compile_decode:
+            inputs, prefilled = shared_prefill(hf, inputs, n)
+        out = hf.generate(**inputs, max_new_tokens=max_new_tokens, num_return_sequences=1 if prefilled else n,
                           eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id, suppress_tokens=suppress,
-                          use_cache=True, **sampling, **cache)
+                          use_cache=True, **sampling, **cache, **prefilled)
     policy.train(was_training)
     prompt_len = prompts.input_ids.shape[1]
     response_ids = out[:, prompt_len:]

@@ -162,7 +162,7 @@ class LossConfig:
         return cls(**{n: getattr(args, n) for n in names}, max_len=args.max_new_tokens)
 
 
-def policy_update(policy, optimizer, scheduler, rollouts: model.Rollouts, advantages: torch.Tensor,
+def policy_update(policy, optimizer, scheduler, rollouts: batching.Rollouts, advantages: torch.Tensor,
                   loss_mask: torch.Tensor, cfg: LossConfig, micro_batch_tokens: int, max_grad_norm: float,
                   d: run.Dist, bf16: bool = False, ref_policy=None) -> dict:
     """One optimizer step of the clipped policy gradient on this rank's rollouts.

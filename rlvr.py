@@ -187,7 +187,7 @@ def groups_with_varying_accuracy(accuracy: torch.Tensor, group: torch.Tensor) ->
     return torch.tensor([acc.numel() == 1 or bool(acc.std(unbiased=False) > 0) for acc in members])
 
 
-def decode_responses(rollouts: model.Rollouts, tokenizer) -> list[str]:
+def decode_responses(rollouts: batching.Rollouts, tokenizer) -> list[str]:
     """Response texts with special tokens (the closing <|im_end|>) skipped, as the reward sees them."""
     return tokenizer.batch_decode(rollouts.responses(), skip_special_tokens=True)
 
@@ -298,7 +298,7 @@ def select_groups(parts, wanted: int, pad_id: int, d: run.Dist):
         rollouts, reward, accuracy, fmt, keep = parts[-1]
         rows = list(range(len(rollouts.group) // len(keep)))
         return rollouts.select(rows), reward[rows], accuracy[rows], fmt[rows], torch.zeros(len(rows))
-    merged = model.Rollouts.concat([c[0] for c in chosen], pad_id)
+    merged = batching.Rollouts.concat([c[0] for c in chosen], pad_id)
     return (merged, *(torch.cat([c[k] for c in chosen]) for k in (1, 2, 3)), torch.ones(len(merged.group)))
 
 

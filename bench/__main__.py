@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 
 import run
-from bench import sections
+from bench import sections, trl_baseline
 from bench.sections import FOOTNOTES, REAL_VOCAB, Row, fmt, log, spread
 from toy import models as toy_models
 from toy import world as toy_world
@@ -64,7 +64,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 WORKERS = {"grpo": sections.run_grpo, "align": sections.run_align, "rollouts": sections.run_rollouts,
-           "sft": sections.run_sft, "decode": sections.run_decode}
+           "sft": sections.run_sft, "decode": sections.run_decode, "project-vs-trl": sections.run_project_vs_trl,
+           "trl": trl_baseline.run_trl}
 
 
 def run_worker(args) -> None:
@@ -100,6 +101,32 @@ def run_logprobs(args, data_dir: Path) -> list[dict]:
     fits, reason = sections.naive_logprob_fits(args) if args.device == "cpu" else (True, "")
     results["naive"] = spawn("logprobs-naive", args, data_dir) if fits else {"skipped": reason}
     return [r.summary() for r in sections.logprob_rows({k: v for k, v in results.items() if v is not None}, args)]
+
+
+def run_trl_pairs(args, data_dir: Path) -> list[dict]:
+    """TRL's GRPOTrainer and the project's GRPO step side by side: --pairs pairs of fresh processes, interleaved
+    (every other pair runs the project first), each timing args.repeats steps after a warm-up. Ratios are taken
+    within each pair, between the two runs' medians."""
+    runs = {"project": [], "trl": []}
+    for pair in range(args.pairs):
+        order = ("project", "trl") if pair % 2 else ("trl", "project")
+        for side in order:
+            result = spawn("trl" if side == "trl" else "project-vs-trl", args, data_dir)
+            if result is None:
+                return [Row(f"trl: {side} failed", [], "", "see the error above").summary()]
+            runs[side].append({r["measurement"].split(": ", 1)[1]: r["median"] for r in result["rows"]})
+    project, trl = runs["project"], runs["trl"]
+    paired = f"{args.pairs} interleaved pairs of processes, each the median of {args.repeats} steps"
+    rows = []
+    for phase in ("step total", "rollout", "update"):
+        rows += [Row(f"vs TRL: TRL {phase}", [t[phase] for t in trl], "s", paired),
+                 Row(f"vs TRL: project {phase}", [p[phase] for p in project], "s", paired),
+                 Row(f"vs TRL: project / TRL, {phase}", sections.ratios([p[phase] for p in project],
+                                                                          [t[phase] for t in trl]), "×", "per pair")]
+    for side, results in (("TRL", trl), ("project", project)):
+        rows += [Row(f"vs TRL: {side} mean response length", [r["mean response length"] for r in results], "tokens"),
+                 Row(f"vs TRL: {side} peak RSS", [r["peak RSS"] for r in results], "MiB", "[rss]")]
+    return [r.summary() for r in rows]
 
 
 def synth_data(out: Path) -> Path:
@@ -229,6 +256,7 @@ def parse_args(argv=None):
     p.add_argument("--sft-seq", type=int, default=2048, help="CUDA: tokens per SFT row")
     p.add_argument("--decode-prompts", type=int, default=8, help="CUDA: prompts of the decode measurement")
     p.add_argument("--decode-tokens", type=int, default=256, help="CUDA: new tokens of the decode measurement")
+    p.add_argument("--pairs", type=int, default=4, help="trl: interleaved pairs of TRL and project processes")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     p.add_argument("--data-dir", help=argparse.SUPPRESS)
@@ -250,6 +278,9 @@ def main() -> None:
         for name in chosen:
             if name == "logprobs":
                 rows += run_logprobs(args, data_dir)
+                continue
+            if name == "trl":
+                rows += run_trl_pairs(args, data_dir)
                 continue
             result = spawn(name, args, data_dir)
             if result is None:

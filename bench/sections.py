@@ -31,7 +31,7 @@ from toy import world as toy_world
 
 REAL_VOCAB = 151936
 SECTIONS = {"cpu": ("grpo", "align", "rollouts", "logprobs"), "cuda": ("logprobs", "sft", "decode", "align")}
-ALL_SECTIONS = ("grpo", "align", "rollouts", "logprobs", "sft", "decode")
+ALL_SECTIONS = ("grpo", "align", "rollouts", "logprobs", "sft", "decode", "trl")
 MiB = 2**20
 
 FOOTNOTES = {
@@ -247,19 +247,19 @@ def padding_share(masks: list[torch.Tensor]) -> float:
     return sum(int((m == 0).sum()) for m in masks) / max(sum(m.numel() for m in masks), 1)
 
 
-def update_micro_batches(rollouts: model.Rollouts, budget: int) -> list[torch.Tensor]:
+def update_micro_batches(rollouts: batching.Rollouts, budget: int) -> list[torch.Tensor]:
     """The attention masks of policy_gradient.policy_update's forward batches, made by the same two calls it makes."""
     chunks = batching.token_budget_batches(rollouts.batch.attention_mask.sum(-1).tolist(), budget)
     return [rollouts.micro_batch(rows)[0].attention_mask for rows in chunks]
 
 
-def fixed_micro_batches(rollouts: model.Rollouts, rows_each: int = 16) -> list[torch.Tensor]:
+def fixed_micro_batches(rollouts: batching.Rollouts, rows_each: int = 16) -> list[torch.Tensor]:
     """The earlier rule, for reference: rows in order, `rows_each` per micro-batch, all columns kept."""
     mask = rollouts.batch.attention_mask
     return [mask[k:k + rows_each] for k in range(0, len(mask), rows_each)]
 
 
-def cut_responses(rollouts: model.Rollouts, gen: torch.Generator) -> model.Rollouts:
+def cut_responses(rollouts: batching.Rollouts, gen: torch.Generator) -> batching.Rollouts:
     """The same rollouts with each response ended after a length drawn uniformly from 1 … R.
 
     A random model's responses almost all run to the length limit, which leaves a token budget
@@ -273,7 +273,7 @@ def cut_responses(rollouts: model.Rollouts, gen: torch.Generator) -> model.Rollo
                    batch=replace(rollouts.batch, attention_mask=torch.cat([prompt, mask], 1)))
 
 
-def padding_rows(section: str, rollouts_seen: list[model.Rollouts], budget: int) -> list[Row]:
+def padding_rows(section: str, rollouts_seen: list[batching.Rollouts], budget: int) -> list[Row]:
     """Padding at the stage's token budget, then with varied response lengths at the reference's budget.
 
     The standard batch fits the stage's budget in one pass, so the second pair gives the token
@@ -298,14 +298,16 @@ def padding_rows(section: str, rollouts_seen: list[model.Rollouts], budget: int)
     return rows
 
 
-def sample_rollouts(policy, processor, examples, a, d, count: int) -> list[model.Rollouts]:
+def sample_rollouts(policy, processor, examples, a, d, count: int) -> list[batching.Rollouts]:
     """`count` rollout batches of the step's shape, for the padding rows (not timed)."""
     prompts = batching.encode_prompts(processor, examples).to(d.device)
     return [model.generate_rollouts(policy, prompts, processor.tokenizer, a.rollouts_per_prompt, a.max_new_tokens,
                                     a.temperature, a.top_p) for _ in range(count)]
 
 
-def run_grpo(args, d, data_dir: Path) -> list[Row]:
+def grpo_steps(args, d, data_dir: Path):
+    """args.repeats + 1 steps of rlvr.rlvr_step (GRPO preset) on the benchmark's model and prompts; returns the
+    policy, processor, examples, settings and every step's metrics (time/step_s added)."""
     tokenizer, processor = tiny_tokenizer_and_processor(args.image_size)
     policy = model.Policy(build_hf(world_shape(args), tokenizer, d.device, world_dtype(args)))
     if args.device == "cuda":
@@ -325,6 +327,11 @@ def run_grpo(args, d, data_dir: Path) -> list[Row]:
         m["time/step_s"] = clock(d) - t0
         steps.append(m)
         log(f"grpo step {k}: " + ", ".join(f"{n} {m[f'time/{n}_s']:.2f}s" for n in ("rollout", "reward", "update")))
+    return policy, processor, examples, a, steps
+
+
+def run_grpo(args, d, data_dir: Path) -> list[Row]:
+    policy, processor, examples, a, steps = grpo_steps(args, d, data_dir)
     timed = steps[1:]  # the first step is the warm-up
     B = args.prompts * args.rollouts
     return [
@@ -341,6 +348,19 @@ def run_grpo(args, d, data_dir: Path) -> list[Row]:
             f"the rollout time; {B} rollouts per step"),
         peak_memory_row("grpo", d),
     ] + padding_rows("grpo", sample_rollouts(policy, processor, examples, a, d, args.repeats), a.micro_batch_tokens)
+
+
+def run_project_vs_trl(args, d, data_dir: Path) -> list[Row]:
+    """The project's side of the `trl` section: the GRPO step split as bench/trl_baseline.py splits TRL's."""
+    timed = grpo_steps(args, d, data_dir)[-1][1:]
+    return [
+        Row("project: step total", [m["time/step_s"] for m in timed], "s", "rlvr.rlvr_step"),
+        Row("project: rollout", [m["time/rollout_s"] + m["time/reward_s"] for m in timed], "s",
+            "prompts, generate, reward, advantages"),
+        Row("project: update", [m["time/update_s"] for m in timed], "s", "policy_gradient.policy_update"),
+        Row("project: mean response length", [m["response/length_mean"] for m in timed], "tokens"),
+        peak_memory_row("project", d),
+    ]
 
 
 # ----------------------------------------------------------------------------------------------

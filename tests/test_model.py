@@ -83,7 +83,7 @@ def test_chunked_logprobs_match_full_log_softmax_with_gradients():
 
 def test_response_mask_runs_through_the_first_eos():
     ids = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [2, 0, 0, 0]])
-    mask, truncated = model.response_mask_through_eos(ids, eos_ids=[2])
+    mask, truncated = batching.response_mask_through_eos(ids, eos_ids=[2])
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
     assert truncated.tolist() == [False, True, False]
 
@@ -104,7 +104,8 @@ def test_select_moves_whole_image_blocks(tiny_dir, synth_dir, processor):
 
 
 def test_training_logprobs_equal_generate_logits(tiny_dir, synth_dir, processor):
-    """Left-padded prompts of different lengths, one with two images: forward == generate within 1e-4."""
+    """Left-padded prompts of different lengths, one with two images: the shared prefill samples the tokens of
+    generate's own expansion (same seed), and forward == generate within 1e-4."""
     policy = model.Policy.from_pretrained(tiny_dir)
     examples = _examples(synth_dir, 3)
     examples[0].question = "<image>\n<image>\nCompare the two pictures, please."
