@@ -90,6 +90,9 @@ def worker(model_dir: Path, out: Path, param_dtype: str, checkpoint: bool) -> No
                                    "load_s": rows[:, 2].max().item(), "local_param_mib": rows[:, 3].tolist(),
                                    "save_s": rows[:, 4].max().item(), "resume_s": rows[:, 5].max().item(),
                                    "final_peak_rss_mib": rows[:, 6].max().item()}))
+    if d.distributed:  # an orderly end: a process group left to interpreter exit sometimes aborts in gloo's threads
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def main() -> None:
