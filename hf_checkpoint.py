@@ -186,7 +186,7 @@ def load_hf_model(path: str | Path, dtype: torch.dtype | str = torch.float32, de
     _report_mismatch(path, set(info["missing_keys"]) - ({"lm_head.weight"} if tied else set()),
                      info["unexpected_keys"],
                      [f"{name} (stored {tuple(a)}, expected {tuple(b)})" for name, a, b in info["mismatched_keys"]])
-    if quantized:  # what this model now is, and what save_hf_dir writes: dense weights in the training dtype
+    if quantized:  # what this model now is, and what save_pretrained writes: dense weights in the training dtype
         model.config.__dict__.pop("quantization_config", None)
         model.hf_quantizer = None
     return model.to(device)
