@@ -460,18 +460,20 @@ def end_of_response_ids(hf_model, tokenizer) -> list[int]:
     return list(dict.fromkeys([tokenizer.convert_tokens_to_ids("<|im_end|>"), *listed]))
 
 
-@torch.no_grad()
 def cache_kwarg(hf) -> str:
     """The name the model's forward and generate take a KV cache under: transformers renamed `past_key_values`
     to `cache` within the range this project supports."""
     return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
 
 
+@torch.no_grad()
 def shared_prefill(hf, inputs: dict, n: int) -> tuple[dict, dict]:
     """The G prompts' KV cache computed once each and repeated for their n rollouts, where generate's own
     expansion would run the prefill (images and text) n times over.
 
-    inputs: generate's inputs for G left-padded prompts. All but each prompt's last token are prefilled;
+    inputs: generate's inputs for G left-padded prompts, images among them (the decode positions come from the
+    M-RoPE offsets the prefill computes, which a batch without images does not). All but each prompt's last
+    token are prefilled;
     generate then feeds that token on each of the G·n rows, so every rollout samples its first token from its
     own row, as before (the same seed gives the same tokens: tests/test_model.py). Returns generate's inputs for
     the G·n rows (the images are in the cache) and the cache keyword.
@@ -488,6 +490,7 @@ def shared_prefill(hf, inputs: dict, n: int) -> tuple[dict, dict]:
     return {k: inputs[k].repeat_interleave(n, 0) for k in text}, {name: cache}
 
 
+@torch.no_grad()
 def generate_rollouts(policy: Policy, prompts: VLBatch, tokenizer, n: int, max_new_tokens: int,
                       temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, bf16: bool = False,
                       compile_decode: bool = False) -> Rollouts:
@@ -495,7 +498,8 @@ def generate_rollouts(policy: Policy, prompts: VLBatch, tokenizer, n: int, max_n
 
     prompts: G left-padded prompts ending with the assistant header. Sampling is from the full
     softmax at `temperature` (top_k=0: no hidden top-k), nucleus-truncated only if top_p < 1.
-    Each prompt is prefilled once for its n rollouts (shared_prefill). The four vision special
+    Prompts with images are prefilled once for their n rollouts (shared_prefill; not with
+    compile_decode, whose static cache generate builds itself). The four vision special
     tokens are never sampled: a sampled <|image_pad|> would break every later forward.
 
     bf16: decode with bf16 weights on a GPU (see `decoding_weights`).
@@ -516,8 +520,8 @@ def generate_rollouts(policy: Policy, prompts: VLBatch, tokenizer, n: int, max_n
     was_training = policy.training
     policy.eval()
     inputs, prefilled = prompts.model_inputs(), {}
-    with decoding_weights(policy, bf16), torch.no_grad():
-        if n > 1 and not compile_decode:
+    with decoding_weights(policy, bf16):
+        if n > 1 and not compile_decode and inputs.get("image_grid_thw") is not None:
             inputs, prefilled = shared_prefill(hf, inputs, n)
         out = hf.generate(**inputs, max_new_tokens=max_new_tokens, num_return_sequences=1 if prefilled else n,
                           eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id, suppress_tokens=suppress,

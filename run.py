@@ -499,6 +499,9 @@ def verify_checkpoint(path: Path) -> None:
             raise TrainingError(f"checkpoint {path} is incomplete: {rel} is missing")
         if _sha256(f) != digest:
             raise TrainingError(f"checkpoint {path} is corrupted: {rel} does not match its checksum")
+    # A file the manifest does not list would still be read (the shard readers take a directory's every file).
+    if extra := sorted({str(f.relative_to(path)) for f in path.rglob("*") if f.is_file()} - set(manifest) - {MANIFEST}):
+        raise TrainingError(f"checkpoint {path} holds {extra[0]}, which its manifest does not list")
 
 
 def load_checkpoint(path: Path, models: dict[str, nn.Module], optimizers: dict, schedulers: dict,
@@ -518,6 +521,9 @@ def load_checkpoint(path: Path, models: dict[str, nn.Module], optimizers: dict, 
     )
 
     verify_checkpoint(path)
+    if (path / "train_state.pt").is_file():
+        raise TrainingError(f"checkpoint {path} was written by an earlier version of this project (a pickled "
+                            "train_state.pt, no longer read); start the run again from its last model directory")
     try:
         train_state = json.loads((path / "train_state.json").read_text())
     except (OSError, ValueError) as e:
@@ -529,10 +535,15 @@ def load_checkpoint(path: Path, models: dict[str, nn.Module], optimizers: dict, 
         dcp_load(weights, dcp.HuggingFaceStorageReader(str(path / name)), d)
         set_model_state_dict(module, weights, options=StateDictOptions(strict=False))  # a tied name is left out
         if name in optimizers:
+            moments_dir = str(path / f"{name}.optimizer")
+            stored = dcp.HuggingFaceStorageReader(moments_dir).read_metadata().state_dict_metadata
             state = get_optimizer_state_dict(module, optimizers[name])  # allocates the moments to read into
-            dcp_load(_flat_moments(state), dcp.HuggingFaceStorageReader(str(path / f"{name}.optimizer")), d)
+            # A parameter that had had no gradient when the checkpoint was written had no moments: none now either.
+            state["state"] = {param: moments for param, moments in state["state"].items()
+                              if all(f"{param}.{key}" in stored for key in moments)}
+            dcp_load(_flat_moments(state), dcp.HuggingFaceStorageReader(moments_dir), d)
             state["param_groups"] = train_state["param_groups"][name]
-            set_optimizer_state_dict(module, optimizers[name], state)
+            set_optimizer_state_dict(module, optimizers[name], state, options=StateDictOptions(strict=False))
     for name, sched in schedulers.items():
         sched.load_state_dict(train_state["schedulers"][name])
     if rng is not None:

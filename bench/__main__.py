@@ -270,6 +270,8 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda but torch sees no GPU")
     chosen = args.sections or sections.SECTIONS[args.device]
+    if "trl" in chosen and args.device != "cpu":
+        sys.exit("error: --sections trl: the side-by-side with TRL is set up for the CPU setting only")
     start = dict(date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), load_at_start=[round(x, 2) for x in os.getloadavg()])
     t0 = time.perf_counter()
     rows, failed = [], []

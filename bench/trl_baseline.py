@@ -30,7 +30,7 @@ def trl_grpo_steps(args, d, data_dir: Path) -> list[dict]:
     from trl import GRPOConfig, GRPOTrainer
 
     tokenizer, processor = sections.tiny_tokenizer_and_processor(args.image_size)
-    hf = sections.build_hf("tiny", tokenizer, d.device, torch.float32)
+    hf = sections.build_hf(sections.world_shape(args), tokenizer, d.device, sections.world_dtype(args))
     examples = sections.load_examples(data_dir, "rl", args.prompts, args.image_size)
     a = sections.grpo_settings(args)
 
@@ -66,7 +66,8 @@ def trl_grpo_steps(args, d, data_dir: Path) -> list[dict]:
         num_iterations=1, beta=0.0, max_completion_length=args.max_new_tokens, temperature=a.temperature,
         top_p=a.top_p, learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=a.max_grad_norm,
         generation_kwargs={"suppress_tokens": [tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS]},
-        use_cpu=d.device.type == "cpu", bf16=False, logging_steps=1, report_to=[], save_strategy="no", seed=0,
+        gradient_checkpointing=False,  # TRL turns it on by default; the project's CPU step does not recompute
+        use_cpu=True, bf16=False, logging_steps=1, report_to=[], save_strategy="no", seed=0,
         dataloader_num_workers=0, remove_unused_columns=False, shuffle_dataset=False, disable_tqdm=True)
     trainer = GRPOTrainer(model=hf, reward_funcs=reward, args=config, train_dataset=rows, processing_class=processor,
                           callbacks=[Clock()])

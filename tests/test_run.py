@@ -204,3 +204,36 @@ def test_imports_keep_their_layers_and_files_their_size():
             assert layer_of[imported] < layer_of[module], f"{path.name} imports {imported}"
         limit = 450 if module in ("sft", "upcycle_moe", "align", "rlvr") else 700
         assert len(path.read_text().splitlines()) <= limit, path.name
+
+
+class TwoParts(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used = torch.nn.Parameter(torch.ones(3))
+        self.unused = torch.nn.Parameter(torch.ones(2))  # trainable, but no loss has reached it yet
+
+
+def test_a_parameter_without_gradient_yet_resumes_without_moments(tmp_path):
+    """AdamW keeps no state for a parameter that never had a gradient (a vision tower seeing only text so
+    far); the checkpoint has none for it, and the resumed optimizer has none either, as the uninterrupted one."""
+    module = TwoParts()
+    optimizer, scheduler = run.make_optimizer(module, 1e-2, 0.0, 4, 1)
+    module.used.square().sum().backward()
+    run.clip_and_step(module, optimizer, scheduler, 10.0)
+    assert module.unused not in optimizer.state
+    ckpt = run.save_checkpoint(tmp_path, 1, {"m": module}, {"m": optimizer}, {"m": scheduler}, run.Dist())
+    fresh = TwoParts()
+    fresh_optimizer, fresh_scheduler = run.make_optimizer(fresh, 1e-2, 0.0, 4, 1)
+    run.load_checkpoint(ckpt, {"m": fresh}, {"m": fresh_optimizer}, {"m": fresh_scheduler}, run.Dist())
+    assert torch.equal(fresh.used, module.used) and fresh.unused not in fresh_optimizer.state
+    assert torch.equal(fresh_optimizer.state[fresh.used]["exp_avg_sq"], optimizer.state[module.used]["exp_avg_sq"])
+
+
+def test_a_checkpoint_file_the_manifest_does_not_list_is_refused(tmp_path):
+    module = Counter()
+    optimizer, scheduler = run.make_optimizer(module, 1e-2, 0.0, 4, 1)
+    ckpt = run.save_checkpoint(tmp_path, 1, {"m": module}, {"m": optimizer}, {"m": scheduler}, run.Dist())
+    (ckpt / "m" / "shard-00002-model-00001-of-00001.safetensors").write_bytes(b"stray")
+    with pytest.raises(run.TrainingError, match="holds m/shard-00002-model-00001-of-00001.safetensors, which its "
+                                                "manifest does not list"):
+        run.verify_checkpoint(ckpt)
