@@ -137,6 +137,27 @@ def test_training_logprobs_equal_generate_logits(tiny_dir, synth_dir, processor)
     assert not torch.isin(ids, torch.tensor(suppress)).any()
 
 
+def test_text_only_prompts_sample_as_generates_own_expansion(tiny_dir, synth_dir, processor):
+    """Prompts without images (no M-RoPE offsets to share) keep generate's own expansion: same seed, same tokens."""
+    from dataclasses import replace
+
+    policy = model.Policy.from_pretrained(tiny_dir)
+    examples = [replace(e, question=e.question.replace("<image>", "").strip(), images=[])
+                for e in _examples(synth_dir, 2)]
+    prompts = batching.encode_prompts(processor, examples)
+    assert prompts.pixel_values is None
+    tok = processor.tokenizer
+    torch.manual_seed(5)
+    rollouts = model.generate_rollouts(policy, prompts, tok, n=3, max_new_tokens=12)
+    torch.manual_seed(5)
+    ref = policy.hf.generate(**prompts.model_inputs(), max_new_tokens=12, num_return_sequences=3, do_sample=True,
+                             top_k=0, top_p=1.0, temperature=1.0, pad_token_id=tok.pad_token_id,
+                             suppress_tokens=[tok.convert_tokens_to_ids(t) for t in model.VISION_TOKENS],
+                             eos_token_id=model.end_of_response_ids(policy.hf, tok))
+    sampled = ref[:, rollouts.prompt_len:]
+    assert torch.equal(sampled.masked_fill(rollouts.response_mask == 0, tok.pad_token_id), rollouts.response_ids)
+
+
 def test_compiled_static_cache_decoding_samples_the_same_tokens(tiny_dir, synth_dir, processor):
     """--compile-decode: same seed, same sampled tokens and log-probs as the eager dynamic-cache path."""
     from torch._dynamo.utils import counters
