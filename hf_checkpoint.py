@@ -206,7 +206,7 @@ def is_quantized(path: Path) -> bool:
 
 
 def save_hf_config(hf_model, processor, out: Path) -> None:
-    """The files of an HF directory beside its weights (written by model.save_consolidated): the config, naming
+    """The files of an HF directory beside its weights (written by run.save_consolidated): the config, naming
     the architecture and the weights' dtype, and the source model's serving files unchanged — its generation
     config (the EOS ids the released Qwen3-VL stops at, its sampling defaults) and the processor's chat
     template and settings."""

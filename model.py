@@ -26,19 +26,16 @@ import torch.nn.functional as F
 from batching import Rollouts, VLBatch, encode_scored, response_mask_through_eos
 from data import VISION_TOKENS, DataError
 from hf_checkpoint import empty_hf_model, is_quantized, load_hf_model, read_score_head, save_hf_config, write_score_head
-from run import Dist, all_reduce, barrier, save_consolidated
+from run import Dist, all_reduce, barrier, save_consolidated, stored_weights
 
 # ----------------------------------------------------------------------------------------------
 # The weights of plain or FSDP2-sharded modules under their HF names (written by run.save_consolidated)
 # ----------------------------------------------------------------------------------------------
 
 def _hf_weights(module: nn.Module) -> dict[str, torch.Tensor]:
-    """The HF model's tensors under their stored names: `hf.` dropped, a tied lm_head (the embedding) left out."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-    tied = module.hf.config.tie_word_embeddings
-    return {name.removeprefix("hf."): t for name, t in get_model_state_dict(module).items()
-            if name.startswith("hf.") and not (tied and name == "hf.lm_head.weight")}
+    """The HF model's tensors under their stored names: `hf.` dropped, a tied lm_head (the embedding, named
+    first) left out as in a released checkpoint (run.stored_weights)."""
+    return {name.removeprefix("hf."): t for name, t in stored_weights(module).items() if name.startswith("hf.")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -473,10 +470,9 @@ def shared_prefill(hf, inputs: dict, n: int) -> tuple[dict, dict]:
 
     inputs: generate's inputs for G left-padded prompts, images among them (the decode positions come from the
     M-RoPE offsets the prefill computes, which a batch without images does not). All but each prompt's last
-    token are prefilled;
-    generate then feeds that token on each of the G·n rows, so every rollout samples its first token from its
-    own row, as before (the same seed gives the same tokens: tests/test_model.py). Returns generate's inputs for
-    the G·n rows (the images are in the cache) and the cache keyword.
+    token are prefilled; generate then feeds that token on each of the G·n rows, so every rollout samples its
+    first token from its own row, as before (the same seed gives the same tokens: tests/test_model.py).
+    Returns generate's inputs for the G·n rows (the images are in the cache) and the cache keyword.
     """
     from transformers import DynamicCache
 

@@ -12,6 +12,7 @@ hold the modules' state dicts as torch.distributed.checkpoint shards.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -377,7 +378,7 @@ def save_checkpoint(out: Path, step: int, models: dict[str, nn.Module], optimize
     train_state = {"step": step, "extra": extra or {}, "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
                    "param_groups": {}}
     for name, module in models.items():
-        weights = _stored_weights(module)
+        weights = stored_weights(module)
         dcp_save(weights, _shard_writer(tmp / name, weights), d)
         if name in optimizers:
             state = get_optimizer_state_dict(module, optimizers[name])
@@ -399,7 +400,7 @@ def save_checkpoint(out: Path, step: int, models: dict[str, nn.Module], optimize
     return final
 
 
-def _stored_weights(module: nn.Module) -> dict:
+def stored_weights(module: nn.Module) -> dict:
     """The module's state dict (sharded under FSDP2) with each parameter once: a tied one (an lm_head that is
     the input embedding) is stored under its first name only, as safetensors holds no tensor twice."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
@@ -425,12 +426,19 @@ def _shard_writer(path: Path, state: dict):
     return dcp.HuggingFaceStorageWriter(str(path), fqn_to_index_mapping=file_numbers(state), save_distributed=True)
 
 
+@contextlib.contextmanager
+def _one_process_intended():
+    """torch.distributed.checkpoint warns "assuming the intent is to save/load in a single process": it is."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def dcp_save(state: dict, storage_writer, d: Dist) -> None:
     """torch.distributed.checkpoint.save, collective over the ranks, or in this one process."""
     import torch.distributed.checkpoint as dcp
 
-    with warnings.catch_warnings():  # one process is intended here: "assuming the intent is to save in a single…"
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    with _one_process_intended():
         dcp.save(state, storage_writer=storage_writer, no_dist=not d.distributed)
 
 
@@ -438,8 +446,7 @@ def dcp_load(state: dict, storage_reader, d: Dist) -> None:
     """torch.distributed.checkpoint.load in place, collective over the ranks, or in this one process."""
     import torch.distributed.checkpoint as dcp
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    with _one_process_intended():
         dcp.load(state, storage_reader=storage_reader, no_dist=not d.distributed)
 
 
@@ -531,7 +538,7 @@ def load_checkpoint(path: Path, models: dict[str, nn.Module], optimizers: dict, 
     rng_file = path / f"rng_rank{d.rank}.safetensors"
     rng = read_rng_state(rng_file) if rng_file.is_file() else None
     for name, module in models.items():
-        weights = _stored_weights(module)
+        weights = stored_weights(module)
         dcp_load(weights, dcp.HuggingFaceStorageReader(str(path / name)), d)
         set_model_state_dict(module, weights, options=StateDictOptions(strict=False))  # a tied name is left out
         if name in optimizers:
