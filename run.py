@@ -511,6 +511,18 @@ def verify_checkpoint(path: Path) -> None:
         raise TrainingError(f"checkpoint {path} holds {extra[0]}, which its manifest does not list")
 
 
+def _require_same_shapes(path: Path, name: str, weights: dict, stored) -> None:
+    """A checkpoint of another model (resumed with another --policy, say) is a named error, not a failure deep
+    inside the reader; weights: this module's, stored: the checkpoint directory's metadata."""
+    for key, tensor in weights.items():
+        if key not in stored.state_dict_metadata:
+            raise TrainingError(f"checkpoint {path}: {name} has no {key}; it was written for another model")
+        if tuple(stored.state_dict_metadata[key].size) != tuple(tensor.shape):
+            raise TrainingError(f"checkpoint {path}: {name}/{key} is stored with shape "
+                                f"{tuple(stored.state_dict_metadata[key].size)}, the model has {tuple(tensor.shape)}; "
+                                "it was written for another model")
+
+
 def load_checkpoint(path: Path, models: dict[str, nn.Module], optimizers: dict, schedulers: dict,
                     d: Dist) -> dict:
     """Restore weights, optimizer and scheduler states and this rank's RNG; returns the train state.
@@ -539,6 +551,7 @@ def load_checkpoint(path: Path, models: dict[str, nn.Module], optimizers: dict, 
     rng = read_rng_state(rng_file) if rng_file.is_file() else None
     for name, module in models.items():
         weights = stored_weights(module)
+        _require_same_shapes(path, name, weights, dcp.HuggingFaceStorageReader(str(path / name)).read_metadata())
         dcp_load(weights, dcp.HuggingFaceStorageReader(str(path / name)), d)
         set_model_state_dict(module, weights, options=StateDictOptions(strict=False))  # a tied name is left out
         if name in optimizers:

@@ -237,3 +237,21 @@ def test_a_checkpoint_file_the_manifest_does_not_list_is_refused(tmp_path):
     with pytest.raises(run.TrainingError, match="holds m/shard-00002-model-00001-of-00001.safetensors, which its "
                                                 "manifest does not list"):
         run.verify_checkpoint(ckpt)
+
+
+def test_a_checkpoint_of_another_model_is_a_named_error(tmp_path):
+    """Resuming into a model of another shape stops before any weight is read, naming the tensor."""
+    module = Counter()
+    optimizer, scheduler = run.make_optimizer(module, 1e-2, 0.0, 4, 1)
+    ckpt = run.save_checkpoint(tmp_path, 1, {"m": module}, {"m": optimizer}, {"m": scheduler}, run.Dist())
+    other = Counter()
+    other.w = torch.nn.Parameter(torch.ones(3))
+    other_optimizer, other_scheduler = run.make_optimizer(other, 1e-2, 0.0, 4, 1)
+    with pytest.raises(run.TrainingError, match=r"m/w is stored with shape \(2,\), the model has \(3,\)"):
+        run.load_checkpoint(ckpt, {"m": other}, {"m": other_optimizer}, {"m": other_scheduler}, run.Dist())
+    assert torch.equal(other.w, torch.ones(3))
+    bigger = Counter()
+    bigger.v = torch.nn.Parameter(torch.zeros(1))
+    bigger_optimizer, bigger_scheduler = run.make_optimizer(bigger, 1e-2, 0.0, 4, 1)
+    with pytest.raises(run.TrainingError, match="m has no v; it was written for another model"):
+        run.load_checkpoint(ckpt, {"m": bigger}, {"m": bigger_optimizer}, {"m": bigger_scheduler}, run.Dist())
