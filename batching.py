@@ -335,6 +335,20 @@ def _epoch_permutation(n_items: int, seed: int, epoch: int):
 
 
 @dataclass
+class SharedPrompt:
+    """Rows of a batch that continue the same prompt: columns 0 … length−1 (tokens and images) of row b
+    are those of row first[of[b]], so the policy's forward can run each distinct prompt once.
+
+    length: P, the prompt columns. first: (G,) one row showing each distinct prompt. of: (B,) each
+    row's prompt, an index into `first`.
+    """
+
+    length: int
+    first: torch.Tensor
+    of: torch.Tensor
+
+
+@dataclass
 class Rollouts:
     """n sampled responses for each of G prompts: B = G·n rows, prompt-major (row = g·n + j).
 
@@ -362,16 +376,21 @@ class Rollouts:
         prompt = torch.zeros_like(self.batch.input_ids[:, :self.prompt_len])
         return torch.cat([prompt, self.response_mask], dim=1)
 
-    def micro_batch(self, rows: list[int]) -> tuple[VLBatch, torch.Tensor, int]:
+    def micro_batch(self, rows: list[int]) -> tuple[VLBatch, torch.Tensor, int, "SharedPrompt"]:
         """Rows `rows` as a forward batch without the columns that are padding in all of them.
 
-        Returns (batch, target_mask, R'): the batch's last R' columns are response positions
-        0 … R'−1. Prompts are left-padded and responses right-padded, so the dropped columns are
-        a prefix and a suffix, and a micro-batch of short responses costs only its own length.
+        Returns (batch, target_mask, R', prompt): the batch's last R' columns are response positions
+        0 … R'−1, and `prompt` says which of its rows continue the same prompt. Prompts are left-padded
+        and responses right-padded, so the dropped columns are a prefix and a suffix, and a micro-batch
+        of short responses costs only its own length.
         """
         batch = self.batch.select(rows)
         keep = batch.attention_mask.bool().any(0)
-        return batch.columns(keep), self.target_mask[rows][:, keep], int(keep[self.prompt_len:].sum())
+        R = int(keep[self.prompt_len:].sum())
+        batch = batch.columns(keep)
+        groups, of = torch.unique(self.group[torch.as_tensor(rows, dtype=torch.long)], return_inverse=True)
+        first = torch.full((len(groups),), len(rows)).scatter_reduce_(0, of.cpu(), torch.arange(len(rows)), "amin")
+        return batch, self.target_mask[rows][:, keep], R, SharedPrompt(batch.input_ids.shape[1] - R, first, of.cpu())
 
     def responses(self) -> list[list[int]]:
         """Each row's response tokens up to and including the EOS, as lists."""

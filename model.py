@@ -23,9 +23,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from batching import Rollouts, VLBatch, encode_scored, response_mask_through_eos
+from batching import Rollouts, SharedPrompt, VLBatch, encode_scored, response_mask_through_eos
 from data import VISION_TOKENS, DataError
 from hf_checkpoint import empty_hf_model, is_quantized, load_hf_model, read_score_head, save_hf_config, write_score_head
+from logprobs import chunked_token_logprobs
 from run import Dist, all_reduce, barrier, save_consolidated, stored_weights
 
 # ----------------------------------------------------------------------------------------------
@@ -36,99 +37,6 @@ def _hf_weights(module: nn.Module) -> dict[str, torch.Tensor]:
     """The HF model's tensors under their stored names: `hf.` dropped, a tied lm_head (the embedding, named
     first) left out as in a released checkpoint (run.stored_weights)."""
     return {name.removeprefix("hf."): t for name, t in stored_weights(module).items() if name.startswith("hf.")}
-
-
-# ----------------------------------------------------------------------------------------------
-# Per-token log-probs without full-vocabulary float32 logits
-# ----------------------------------------------------------------------------------------------
-
-
-def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, temperature: float, out: torch.Tensor) -> torch.Tensor:
-    """(k, V) float32 logits / T of k hidden states (k, H), written into the first k rows of `out`.
-
-    `out` is one (chunk, V) buffer reused for every chunk of a pass: on the CPU a fresh allocation of that
-    size costs about as much as the matmul itself (the pages are faulted in anew each time).
-    """
-    out = out[:h.shape[0]]
-    if h.dtype == weight.dtype == out.dtype and not torch.is_autocast_enabled(h.device.type):
-        torch.mm(h, weight.T, out=out)
-    else:
-        out.copy_(F.linear(h, weight))
-    return out.div_(temperature) if temperature != 1.0 else out
-
-
-class _TokenLogProbs(torch.autograd.Function):
-    """log π(y) through the lm_head chunk by chunk, keeping one number per position for backward.
-
-    Backward rebuilds each chunk's softmax from the saved log-sum-exp and uses
-        ∂ log π(y) / ∂ logits = (onehot(y) − softmax(logits / T)) / T,
-    so neither pass ever holds more than one chunk's (chunk, V) float32 logits (two with entropy),
-    and every full-vocabulary step after the matmul works in place in that buffer.
-    """
-
-    @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, hidden, weight, targets, temperature, chunk_size, with_entropy):
-        n = hidden.shape[0]
-        logprobs, lse = (hidden.new_empty(n, dtype=torch.float32) for _ in range(2))
-        entropy = hidden.new_empty(n if with_entropy else 0, dtype=torch.float32)
-        buffer = hidden.new_empty(min(n, chunk_size), weight.shape[0], dtype=torch.float32)
-        probs = torch.empty_like(buffer) if with_entropy else None
-        for s in range(0, n, chunk_size):
-            rows = slice(s, s + chunk_size)
-            logits = _chunk_logits(hidden[rows], weight, temperature, buffer)  # (chunk, V)
-            picked = logits.gather(-1, targets[rows, None])[:, 0]
-            maxes = logits.amax(-1)
-            shifted = logits.sub_(maxes[:, None])  # in place, as every full-vocabulary step below
-            if with_entropy:  # H = log Σe − Σ e·(logits − max) / Σe,  e = exp(logits − max)
-                e = torch.exp(shifted, out=probs[:shifted.shape[0]])
-                total = e.sum(-1)
-                entropy[rows] = total.log() - torch.linalg.vecdot(e, shifted) / total
-            else:
-                total = shifted.exp_().sum(-1)
-            lse[rows] = total.log_().add_(maxes)
-            logprobs[rows] = picked - lse[rows]
-        ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.temperature, ctx.chunk_size = temperature, chunk_size
-        ctx.mark_non_differentiable(entropy)
-        return logprobs, entropy
-
-    @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx, grad_logprobs, grad_entropy):
-        hidden, weight, targets, lse = ctx.saved_tensors
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-        buffer = hidden.new_empty(min(hidden.shape[0], ctx.chunk_size), weight.shape[0], dtype=torch.float32)
-        for s in range(0, hidden.shape[0], ctx.chunk_size):
-            rows = slice(s, s + ctx.chunk_size)
-            h, g_out = hidden[rows], grad_logprobs[rows]
-            grad = _chunk_logits(h, weight, ctx.temperature, buffer)
-            grad.sub_(lse[rows, None]).exp_().mul_(-g_out[:, None])  # −softmax · ḡ
-            grad.scatter_add_(-1, targets[rows, None], g_out[:, None])  # + onehot(y) · ḡ
-            if ctx.temperature != 1.0:
-                grad.div_(ctx.temperature)
-            grad = grad.to(h.dtype)
-            if grad_hidden is not None:
-                grad_hidden[rows] = grad @ weight.to(h.dtype)
-            if grad_weight is not None:
-                grad_weight += (grad.T @ h).float()
-        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None, None
-
-
-def chunked_token_logprobs(hidden: torch.Tensor, lm_head: nn.Module, targets: torch.Tensor,
-                           temperature: float = 1.0, chunk_size: int = 512, with_entropy: bool = False):
-    """log π(y_t | ·) = logits[y_t]/T − logsumexp(logits/T), for N selected positions, in chunks.
-
-    hidden: (N, H) final hidden states of the positions that predict `targets` (N,); lm_head: the
-    bias-free output projection. Returns (logprobs (N,), entropy (N,) or None; entropy carries no
-    gradient). Full-vocabulary float32 logits exist one chunk at a time, in forward and in
-    backward, so peak memory is O(chunk·V) rather than O(N·V).
-    """
-    if lm_head.bias is not None:
-        raise ValueError("chunked_token_logprobs expects a bias-free lm_head, as Qwen3-VL's")
-    logprobs, entropy = _TokenLogProbs.apply(hidden, lm_head.weight, targets, temperature, chunk_size, with_entropy)
-    return logprobs, entropy if with_entropy else None
 
 
 def body_inputs(hf_model, batch: VLBatch) -> dict:
@@ -155,6 +63,43 @@ def body_inputs(hf_model, batch: VLBatch) -> dict:
                                       image_grid_thw=batch.image_grid_thw[batch.image_index])
 
 
+def text_positions(hf_model, batch: VLBatch) -> torch.Tensor:
+    """(3, B, L) the M-RoPE positions a full forward of `batch` gives its tokens (HF's `get_rope_index` where
+    rows show images; without images, HF's default 0 … L−1, padding included)."""
+    body, (B, L) = hf_model.model, batch.input_ids.shape
+    if batch.image_grid_thw is None:
+        return torch.arange(L, device=batch.input_ids.device).expand(3, B, L)
+    given = dict(input_ids=batch.input_ids, image_grid_thw=batch.image_grid_thw[batch.image_index],
+                 attention_mask=batch.attention_mask, mm_token_type_ids=batch.mm_token_type_ids)
+    wanted = inspect.signature(body.get_rope_index).parameters  # the arguments moved within transformers 5.x
+    return body.get_rope_index(**{k: v for k, v in given.items() if k in wanted})[0]
+
+
+def hidden_after_shared_prompts(hf_model, batch: VLBatch, prompt: SharedPrompt) -> torch.Tensor:
+    """(B, L − P, H): the final hidden states that predict columns P … L − 1, each distinct prompt run once.
+
+    The G distinct prompts (columns 0 … P − 1 of rows `prompt.first`) go through the model with a
+    KV cache; every row then gets its prompt's keys and values by indexing, so the gradients of the
+    n rows of a group meet in one prompt pass, and the rows' own columns attend to them. Positions
+    are the ones a full forward computes, so the states equal a full forward's up to the order of
+    floating-point sums (tests/test_model.py) at G·P + B·(L − P) tokens instead of B·L.
+    """
+    from transformers import DynamicCache
+
+    body, P, name = hf_model.model, prompt.length, cache_kwarg(hf_model)
+    device = batch.input_ids.device
+    first, of = prompt.first.to(device), prompt.of.to(device)
+    positions = text_positions(hf_model, batch)
+    prompts = batch.select(prompt.first).columns(torch.arange(batch.input_ids.shape[1], device=device) < P)
+    cache = DynamicCache(config=hf_model.config)
+    shared = body(**body_inputs(hf_model, prompts), position_ids=positions[:, first, :P], use_cache=True,
+                  **{name: cache}).last_hidden_state  # (G, P, H)
+    cache.batch_select_indices(of)
+    own = body(input_ids=batch.input_ids[:, P:], attention_mask=batch.attention_mask,
+               position_ids=positions[:, :, P:], use_cache=True, **{name: cache}).last_hidden_state  # (B, L − P, H)
+    return torch.cat([shared[of, -1:], own[:, :-1]], dim=1)
+
+
 class Policy(nn.Module):
     """A Qwen3-VL (`self.hf`) whose forward returns log-probs of the tokens marked by `target_mask`.
 
@@ -172,23 +117,31 @@ class Policy(nn.Module):
         return self.hf.config
 
     def forward(self, batch: VLBatch, target_mask: torch.Tensor, temperature: float = 1.0,
-                with_entropy: bool = False):
+                with_entropy: bool = False, prompt: SharedPrompt | None = None):
         """batch: B rows of length L. target_mask: (B, L), 1 where the token is scored.
 
         Returns (logprobs (B, L), entropy (B, L) or None), zero where target_mask is 0. Position t
-        holds log π(x_t | x_<t), read from the hidden state at t − 1.
+        holds log π(x_t | x_<t), read from the hidden state at t − 1. With `prompt` (rows that
+        continue common prompts, none of whose tokens is scored) each distinct prompt runs through
+        the model once (`hidden_after_shared_prompts`); under gradient checkpointing, which drops
+        the KV cache that needs, every row runs in full.
         """
-        hidden = self.hf.model(**body_inputs(self.hf, batch), use_cache=False).last_hidden_state  # (B, L, H)
-        predicted = target_mask[:, 1:].bool()  # (B, L-1)
-        lp, ent = chunked_token_logprobs(hidden[:, :-1][predicted], self.hf.lm_head,
-                                         batch.input_ids[:, 1:][predicted], temperature,
-                                         self.logprob_chunk, with_entropy)
+        if prompt is None or any(layer.gradient_checkpointing for layer in self.hf.model.language_model.layers):
+            start = 1
+            hidden = self.hf.model(**body_inputs(self.hf, batch), use_cache=False).last_hidden_state[:, :-1]
+        else:
+            if target_mask[:, :prompt.length].any():
+                raise ValueError("Policy.forward: a shared prompt's tokens cannot be targets")
+            start, hidden = prompt.length, hidden_after_shared_prompts(self.hf, batch, prompt)
+        predicted = target_mask[:, start:].bool()  # hidden[:, j] predicts column start + j
+        lp, ent = chunked_token_logprobs(hidden[predicted], self.hf.lm_head, batch.input_ids[:, start:][predicted],
+                                         temperature, self.logprob_chunk, with_entropy)
         logprobs = hidden.new_zeros(target_mask.shape, dtype=torch.float32)
-        logprobs[:, 1:][predicted] = lp
+        logprobs[:, start:][predicted] = lp
         entropy = None
         if with_entropy:
             entropy = torch.zeros_like(logprobs)
-            entropy[:, 1:][predicted] = ent
+            entropy[:, start:][predicted] = ent
         return logprobs, entropy
 
     @classmethod

@@ -181,11 +181,11 @@ def policy_update(policy, optimizer, scheduler, rollouts: batching.Rollouts, adv
     for k in range(run.global_max(len(chunks), d)):
         idx = chunks[k] if k < len(chunks) else chunks[0]
         weight = 1.0 if k < len(chunks) else 0.0
-        batch, target, R = rollouts.micro_batch(idx)
+        batch, target, R, prompt = rollouts.micro_batch(idx)
         batch, target = batch.to(d.device), target.to(d.device)
         m = mask[idx, :R].to(d.device) * weight
         with model.autocast(d, bf16):
-            logp, entropy = policy(batch, target, cfg.temperature, with_entropy=True)
+            logp, entropy = policy(batch, target, cfg.temperature, with_entropy=True, prompt=prompt)
         logp, entropy = logp[:, -R:], entropy[:, -R:]
         old_logp = logp.detach()  # one update per batch: π_old is the policy before this step
         adv = advantages[idx].to(d.device)
@@ -195,7 +195,7 @@ def policy_update(policy, optimizer, scheduler, rollouts: batching.Rollouts, adv
             token_loss, low, high = ppo_clip_loss(logp, old_logp, adv, cfg.clip_low, cfg.clip_high, cfg.dual_clip)
         if cfg.kl_coef > 0:
             with torch.no_grad(), model.autocast(d, bf16):
-                ref_logp = ref_policy(batch, target, cfg.temperature)[0][:, -R:]
+                ref_logp = ref_policy(batch, target, cfg.temperature, prompt=prompt)[0][:, -R:]
             kl = kl_penalty(logp, ref_logp, cfg.kl_estimator)
             token_loss = token_loss + cfg.kl_coef * kl
             sums["kl_ref"] += (kl.detach() * m).sum().item()

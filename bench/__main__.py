@@ -1,7 +1,7 @@
 """Benchmarks of the RL stages' hot paths, as a table that compares across machines (and as JSON).
 
 Not a test: nothing here asserts. Every measurement calls the project's own functions (rlvr.rlvr_step,
-align.alignment_step, sft.sft_step, model.generate_rollouts, model.chunked_token_logprobs, ...), so it times the
+align.alignment_step, sft.sft_step, model.generate_rollouts, logprobs.chunked_token_logprobs, ...), so it times the
 code that training runs. The sections live in bench/sections.py; this file runs each in a fresh Python process,
 so its peak memory is its own and no section warms another's caches, then prints and saves the table.
 

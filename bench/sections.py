@@ -20,6 +20,7 @@ import align
 import batching
 import data
 import grading
+import logprobs
 import model
 import policy_gradient
 import rlvr
@@ -497,7 +498,7 @@ def naive_token_logprobs(hidden: torch.Tensor, lm_head: nn.Module, targets: torc
 
 
 def project_token_logprobs(hidden: torch.Tensor, lm_head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
-    return model.chunked_token_logprobs(hidden, lm_head, targets)[0]
+    return logprobs.chunked_token_logprobs(hidden, lm_head, targets)[0]
 
 
 LOGPROB_PATHS = {"chunked": project_token_logprobs, "naive": naive_token_logprobs}
@@ -545,7 +546,7 @@ def logprob_rows(results: dict, args) -> list[Row]:
             reason = r["skipped"] if r else "failed"
             rows.append(Row(f"logprobs: {path}: fwd+bwd time", [], "s", reason))
             continue
-        label = "model.chunked_token_logprobs" if path == "chunked" else "log_softmax(lm_head(h).float()).gather"
+        label = "logprobs.chunked_token_logprobs" if path == "chunked" else "log_softmax(lm_head(h).float()).gather"
         rows.append(Row(f"logprobs: {path}: peak memory above inputs", [r["peak_bytes"] / MiB], "MiB",
                         f"{label}; {shape}, {r['dtype']} [logprob]"))
         rows.append(Row(f"logprobs: {path}: fwd+bwd time", r["times"], "s",

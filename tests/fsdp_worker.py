@@ -1,7 +1,9 @@
 """Worker for tests/test_model.py: one loss/gradient computation, then a saved HF directory.
 
 Run as one process or under torchrun; each rank takes its contiguous share of the same global
-batch. Writes loss and full gradients (rank 0) to OUT/result.pt and the policy to OUT/saved.
+batch: SFT conversations, or (with a prompts file) fixed responses to shared prompts, each prompt
+run once for its rows. Writes loss and full gradients (rank 0) to OUT/result.pt and the policy to
+OUT/saved.
 """
 
 import sys
@@ -18,16 +20,34 @@ import model
 import run
 
 
+def shared_prompt_rows(processor, examples, d: run.Dist, n: int = 3):
+    """This rank's prompts, each followed by n fixed responses of different lengths, as one micro-batch."""
+    share = len(examples) // d.world_size
+    first = d.rank * share
+    prompts = batching.encode_prompts(processor, examples[first:first + share])
+    texts = [f"<caption>{g} shapes</caption><think>{' step' * j}</think><answer>{g + j}</answer>"
+             for g in range(first, first + share) for j in range(n)]
+    responses = processor.tokenizer(texts, padding=True, padding_side="right", return_tensors="pt")
+    rollouts = batching.Rollouts(prompts.repeat_interleave(n).extend(responses.input_ids, responses.attention_mask),
+                                 responses.attention_mask, torch.zeros(len(texts), dtype=torch.bool),
+                                 torch.arange(share).repeat_interleave(n), prompts.input_ids.shape[1])
+    batch, target, _, prompt = rollouts.micro_batch(list(range(len(texts))))
+    return batch, target, prompt
+
+
 def main(model_dir: str, data_file: str, out: str) -> None:
     d = run.init_distributed("cpu")
     processor = hf_checkpoint.load_processor(model_dir)
     policy = model.shard(model.Policy.from_pretrained(model_dir), d, bf16=False)
-    conversations = data.load_sft(data_file)[:4]
-    share = len(conversations) // d.world_size
-    mine = conversations[d.rank * share:(d.rank + 1) * share]
-    batch, target = batching.encode_conversations(processor, mine)
+    if data_file.endswith(".jsonl") and "sft" not in data_file:
+        batch, target, prompt = shared_prompt_rows(processor, data.load_prompts(data_file)[:2], d)
+    else:
+        conversations = data.load_sft(data_file)[:4]
+        share = len(conversations) // d.world_size
+        mine = conversations[d.rank * share:(d.rank + 1) * share]
+        (batch, target), prompt = batching.encode_conversations(processor, mine), None
     total_tokens = run.global_sum(target[:, 1:].sum().item(), d)
-    logprobs, _ = policy(batch, target)
+    logprobs, _ = policy(batch, target, prompt=prompt)
     loss = -logprobs.sum() / total_tokens
     loss.backward()
     global_loss = run.global_sum(loss.item(), d)

@@ -82,7 +82,7 @@ def test_a_higher_discriminator_score_raises_the_advantage_and_then_the_probabil
         run.seed_everything(1)
         rollouts = model.generate_rollouts(policy, batching.encode_prompts(processor, examples), processor.tokenizer,
                                            8, 8, 1.0, 1.0)
-        batch, target, R = rollouts.micro_batch([0])
+        batch, target, R, _ = rollouts.micro_batch([0])
 
         def logprob() -> float:
             with torch.no_grad():

@@ -9,6 +9,7 @@ from conftest import run_script
 import batching
 import data
 import hf_checkpoint
+import logprobs
 import model
 import run
 from toy.models import QWEN3VL_SHAPES, SPECIAL_TOKENS, real_config
@@ -70,7 +71,7 @@ def test_chunked_logprobs_match_full_log_softmax_with_gradients():
     hidden = torch.randn(37, 16, requires_grad=True)
     head = torch.nn.Linear(16, 50, bias=False)
     targets = torch.randint(0, 50, (37,))
-    lp, ent = model.chunked_token_logprobs(hidden, head, targets, temperature=0.7, chunk_size=8, with_entropy=True)
+    lp, ent = logprobs.chunked_token_logprobs(hidden, head, targets, temperature=0.7, chunk_size=8, with_entropy=True)
     full = torch.log_softmax(head(hidden) / 0.7, -1)
     ref = full.gather(-1, targets[:, None]).squeeze(-1)
     assert torch.allclose(lp, ref, atol=1e-6)
@@ -174,8 +175,8 @@ def test_compiled_static_cache_decoding_samples_the_same_tokens(tiny_dir, synth_
     assert compiled.prompt_len % model.STATIC_CACHE_MULTIPLE == 0 and compiled.prompt_len > eager.prompt_len
     assert torch.equal(compiled.response_ids, eager.response_ids)
     assert torch.equal(compiled.response_mask, eager.response_mask)
-    eager_batch, eager_target, R = eager.micro_batch(list(range(8)))
-    compiled_batch, compiled_target, _ = compiled.micro_batch(list(range(8)))
+    eager_batch, eager_target, R, _ = eager.micro_batch(list(range(8)))
+    compiled_batch, compiled_target, _, _ = compiled.micro_batch(list(range(8)))
     with torch.no_grad():
         a, _ = policy(eager_batch, eager_target)
         b, _ = policy(compiled_batch, compiled_target)
@@ -214,8 +215,10 @@ def test_bf16_weights_decode_then_restore_the_same_fp32_tensors(tiny_dir, synth_
         assert all(torch.equal(p, (before[n][1] + 1).bfloat16()) for n, p in policy.named_parameters())
 
 
-def test_fsdp2_two_processes_match_one(tiny_dir, synth_dir, tmp_path):
-    args = ["tests/fsdp_worker.py", tiny_dir, synth_dir / "sft_teacher.jsonl"]
+@pytest.mark.parametrize("rows", ["sft", "shared-prompts"])
+def test_fsdp2_two_processes_match_one(tiny_dir, synth_dir, tmp_path, rows):
+    data_file = synth_dir / ("sft_teacher.jsonl" if rows == "sft" else "test.jsonl")
+    args = ["tests/fsdp_worker.py", tiny_dir, data_file]
     run_script(args + [tmp_path / "one"], nproc=1)
     run_script(args + [tmp_path / "two"], nproc=2)
     one = torch.load(tmp_path / "one" / "result.pt")
@@ -264,7 +267,7 @@ def test_rollout_micro_batches_drop_shared_padding(tiny_dir, synth_dir, processo
     # Make responses of very different lengths: cut rows 0–2 after 2 tokens.
     rollouts.response_mask[:3, 2:] = 0
     rollouts.batch.attention_mask[:3, rollouts.prompt_len + 2:] = 0
-    batch, target, R = rollouts.micro_batch([0, 1, 2])
+    batch, target, R, _ = rollouts.micro_batch([0, 1, 2])
     assert R == 2 and batch.input_ids.shape[1] <= rollouts.prompt_len + 2
     with torch.no_grad():
         full, _ = policy(rollouts.batch.select([0, 1, 2]), rollouts.target_mask[[0, 1, 2]])
@@ -281,3 +284,33 @@ def test_learning_rate_schedules():
     assert run.cosine_with_warmup(55, 100, 10) == pytest.approx(0.5)  # half-way through the decay
     assert run.cosine_with_warmup(100, 100, 10) == pytest.approx(0.0)
     assert [run.constant_with_warmup(s, 100, 4) for s in (0, 3, 4, 99)] == pytest.approx([0.25, 1, 1, 1])
+
+
+@pytest.mark.parametrize("images", [True, False])
+def test_each_prompt_run_once_gives_the_full_forwards_logprobs_and_gradients(tiny_dir, synth_dir, processor, images):
+    examples = _examples(synth_dir, 3)
+    examples[1].question = "A longer question, so that the prompts are left-padded by different amounts. " \
+        + examples[1].question
+    if not images:
+        examples = [batching.without_images(e) for e in examples]
+    policy = model.Policy.from_pretrained(tiny_dir)
+    torch.manual_seed(0)
+    rollouts = model.generate_rollouts(policy, batching.encode_prompts(processor, examples), processor.tokenizer,
+                                       n=3, max_new_tokens=10)  # leaves generate's M-RoPE offsets behind
+    rows = [7, 0, 4, 3, 8]  # out of order, every group partly present
+    batch, target, R, prompt = rollouts.micro_batch(rows)
+    assert prompt.first.tolist() == [1, 2, 0] and prompt.of.tolist() == [2, 0, 1, 1, 2]
+    weights = torch.randn(target.shape)
+    results = []
+    for shared in (None, prompt):
+        policy.zero_grad()
+        logp, entropy = policy(batch, target, 0.7, with_entropy=True, prompt=shared)
+        (logp * weights).sum().backward()
+        results.append((logp, entropy, {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}))
+    (full, full_entropy, full_grads), (once, once_entropy, once_grads) = results
+    assert torch.allclose(once, full, atol=1e-5) and torch.allclose(once_entropy, full_entropy, atol=1e-5)
+    assert (once[:, -R:] != 0).any() and (once[:, :-R] == 0).all()
+    assert full_grads.keys() == once_grads.keys() and len(full_grads) > 10
+    assert any("visual" in n for n in full_grads) == images  # the vision tower's gradient goes through both paths
+    for n, g in full_grads.items():
+        assert torch.allclose(once_grads[n], g, atol=1e-5, rtol=1e-4), n

@@ -178,8 +178,9 @@ def test_help_shows_per_algorithm_defaults_and_flags_are_exact(tmp_path):
 
 # Each module may import only modules of lower layers; toy/ and bench.py serve the demo, the tests and
 # the benchmark, and no pipeline module imports them.
-LAYERS = [{"data", "symbolic"}, {"quantities", "batching", "hf_checkpoint", "benchmarks"}, {"grading", "run"},
-          {"model"}, {"policy_gradient"}, {"sft", "upcycle_moe", "align", "rlvr", "eval"}, {"toy"}, {"bench"}]
+LAYERS = [{"data", "symbolic", "logprobs"}, {"quantities", "batching", "hf_checkpoint", "benchmarks"},
+          {"grading", "run"}, {"model"}, {"policy_gradient"}, {"sft", "upcycle_moe", "align", "rlvr", "eval"},
+          {"toy"}, {"bench"}]
 
 
 def _project_imports(path: Path) -> set[str]:
