@@ -3,7 +3,8 @@
 Everything that touches weights lives here, once:
   - HF directories written from plain or sharded modules without gathering them (reading: hf_checkpoint.py);
   - `Policy`: a Qwen3-VL whose forward returns per-token log-probs of chosen tokens, computed
-    from the final hidden states in chunks so that full-vocabulary float32 logits never exist;
+    from the final hidden states in chunks (logprobs.py) so that full-vocabulary float32 logits
+    never exist, and which runs each distinct prompt of an update once for all its rollouts;
   - `Discriminator`: a Qwen3-VL-MoE backbone plus a scalar score head read at the last real token,
     its pair losses, and `score_segments`, the one scoring pass of warm-up and alignment;
   - rollouts: a hand-written wrapper around HF `generate`;
@@ -64,8 +65,9 @@ def body_inputs(hf_model, batch: VLBatch) -> dict:
 
 
 def text_positions(hf_model, batch: VLBatch) -> torch.Tensor:
-    """(3, B, L) the M-RoPE positions a full forward of `batch` gives its tokens (HF's `get_rope_index` where
-    rows show images; without images, HF's default 0 … L−1, padding included)."""
+    """(3, B, L) the M-RoPE positions a full forward of `batch` gives its tokens: HF's `get_rope_index` for
+    every row when the batch carries images; for a batch without images, HF's default 0 … L−1, padding
+    included."""
     body, (B, L) = hf_model.model, batch.input_ids.shape
     if batch.image_grid_thw is None:
         return torch.arange(L, device=batch.input_ids.device).expand(3, B, L)
@@ -123,10 +125,11 @@ class Policy(nn.Module):
         Returns (logprobs (B, L), entropy (B, L) or None), zero where target_mask is 0. Position t
         holds log π(x_t | x_<t), read from the hidden state at t − 1. With `prompt` (rows that
         continue common prompts, none of whose tokens is scored) each distinct prompt runs through
-        the model once (`hidden_after_shared_prompts`); under gradient checkpointing, which drops
-        the KV cache that needs, every row runs in full.
+        the model once (`hidden_after_shared_prompts`); every row runs in full where no two rows
+        share a prompt, and under gradient checkpointing, whose layers drop the KV cache it needs.
         """
-        if prompt is None or any(layer.gradient_checkpointing for layer in self.hf.model.language_model.layers):
+        checkpointed = any(layer.gradient_checkpointing for layer in self.hf.model.language_model.layers)
+        if prompt is None or checkpointed or len(prompt.first) == len(batch):  # nothing to share, or no cache
             start = 1
             hidden = self.hf.model(**body_inputs(self.hf, batch), use_cache=False).last_hidden_state[:, :-1]
         else:

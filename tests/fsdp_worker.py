@@ -1,9 +1,11 @@
 """Worker for tests/test_model.py: one loss/gradient computation, then a saved HF directory.
 
+    fsdp_worker.py MODEL_DIR ROWS DATA_FILE OUT
+
 Run as one process or under torchrun; each rank takes its contiguous share of the same global
-batch: SFT conversations, or (with a prompts file) fixed responses to shared prompts, each prompt
-run once for its rows. Writes loss and full gradients (rank 0) to OUT/result.pt and the policy to
-OUT/saved.
+batch: SFT conversations (ROWS "sft"), or fixed responses to prompts, each prompt run once for its
+rows ("rollouts-shared") or every row in full ("rollouts-full"). Writes loss and full gradients
+(rank 0) to OUT/result.pt and the policy to OUT/saved.
 """
 
 import sys
@@ -35,12 +37,13 @@ def shared_prompt_rows(processor, examples, d: run.Dist, n: int = 3):
     return batch, target, prompt
 
 
-def main(model_dir: str, data_file: str, out: str) -> None:
+def main(model_dir: str, rows: str, data_file: str, out: str) -> None:
     d = run.init_distributed("cpu")
     processor = hf_checkpoint.load_processor(model_dir)
     policy = model.shard(model.Policy.from_pretrained(model_dir), d, bf16=False)
-    if data_file.endswith(".jsonl") and "sft" not in data_file:
+    if rows in ("rollouts-shared", "rollouts-full"):
         batch, target, prompt = shared_prompt_rows(processor, data.load_prompts(data_file)[:2], d)
+        prompt = prompt if rows == "rollouts-shared" else None
     else:
         conversations = data.load_sft(data_file)[:4]
         share = len(conversations) // d.world_size

@@ -215,12 +215,13 @@ def test_bf16_weights_decode_then_restore_the_same_fp32_tensors(tiny_dir, synth_
         assert all(torch.equal(p, (before[n][1] + 1).bfloat16()) for n, p in policy.named_parameters())
 
 
-@pytest.mark.parametrize("rows", ["sft", "shared-prompts"])
+@pytest.mark.parametrize("rows", ["sft", "rollouts"])
 def test_fsdp2_two_processes_match_one(tiny_dir, synth_dir, tmp_path, rows):
+    # rollouts: two ranks running each prompt once against one process running every row in full
+    one_rows, two_rows = ("sft", "sft") if rows == "sft" else ("rollouts-full", "rollouts-shared")
     data_file = synth_dir / ("sft_teacher.jsonl" if rows == "sft" else "test.jsonl")
-    args = ["tests/fsdp_worker.py", tiny_dir, data_file]
-    run_script(args + [tmp_path / "one"], nproc=1)
-    run_script(args + [tmp_path / "two"], nproc=2)
+    run_script(["tests/fsdp_worker.py", tiny_dir, one_rows, data_file, tmp_path / "one"], nproc=1)
+    run_script(["tests/fsdp_worker.py", tiny_dir, two_rows, data_file, tmp_path / "two"], nproc=2)
     one = torch.load(tmp_path / "one" / "result.pt")
     two = torch.load(tmp_path / "two" / "result.pt")
     assert abs(one["loss"] - two["loss"]) < 1e-5
@@ -286,21 +287,31 @@ def test_learning_rate_schedules():
     assert [run.constant_with_warmup(s, 100, 4) for s in (0, 3, 4, 99)] == pytest.approx([0.25, 1, 1, 1])
 
 
-@pytest.mark.parametrize("images", [True, False])
-def test_each_prompt_run_once_gives_the_full_forwards_logprobs_and_gradients(tiny_dir, synth_dir, processor, images):
+@pytest.mark.parametrize("images", ["one", "two", "none"])
+def test_each_prompt_run_once_gives_the_full_forwards_logprobs_and_gradients(tiny_dir, synth_dir, processor, images,
+                                                                              monkeypatch):
     examples = _examples(synth_dir, 3)
+    if images == "two":
+        examples[1].question = "<image>\n<image>\n" + examples[1].question.replace("<image>", "")
+        examples[1].images = examples[1].images + examples[2].images
     examples[1].question = "A longer question, so that the prompts are left-padded by different amounts. " \
         + examples[1].question
-    if not images:
+    if images == "none":
         examples = [batching.without_images(e) for e in examples]
     policy = model.Policy.from_pretrained(tiny_dir)
     torch.manual_seed(0)
-    rollouts = model.generate_rollouts(policy, batching.encode_prompts(processor, examples), processor.tokenizer,
-                                       n=3, max_new_tokens=10)  # leaves generate's M-RoPE offsets behind
+    # Two generate rounds of different prompt lengths, joined as DAPO's dynamic sampling joins them; generate
+    # leaves its M-RoPE offsets behind in the model.
+    rounds = [model.generate_rollouts(policy, batching.encode_prompts(processor, part), processor.tokenizer, n=3,
+                                      max_new_tokens=10) for part in (examples[:2], examples[2:])]
+    assert rounds[0].prompt_len != rounds[1].prompt_len
+    rollouts = batching.Rollouts.concat(rounds, processor.tokenizer.pad_token_id)
     rows = [7, 0, 4, 3, 8]  # out of order, every group partly present
     batch, target, R, prompt = rollouts.micro_batch(rows)
     assert prompt.first.tolist() == [1, 2, 0] and prompt.of.tolist() == [2, 0, 1, 1, 2]
     weights = torch.randn(target.shape)
+    shared_runs, run_once = [], model.hidden_after_shared_prompts
+    monkeypatch.setattr(model, "hidden_after_shared_prompts", lambda *a: shared_runs.append(1) or run_once(*a))
     results = []
     for shared in (None, prompt):
         policy.zero_grad()
@@ -308,9 +319,10 @@ def test_each_prompt_run_once_gives_the_full_forwards_logprobs_and_gradients(tin
         (logp * weights).sum().backward()
         results.append((logp, entropy, {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}))
     (full, full_entropy, full_grads), (once, once_entropy, once_grads) = results
+    assert shared_runs == [1]  # the second pass took the shared path
     assert torch.allclose(once, full, atol=1e-5) and torch.allclose(once_entropy, full_entropy, atol=1e-5)
     assert (once[:, -R:] != 0).any() and (once[:, :-R] == 0).all()
     assert full_grads.keys() == once_grads.keys() and len(full_grads) > 10
-    assert any("visual" in n for n in full_grads) == images  # the vision tower's gradient goes through both paths
+    assert any("visual" in n for n in full_grads) == (images != "none")  # the vision tower's, through both paths
     for n, g in full_grads.items():
         assert torch.allclose(once_grads[n], g, atol=1e-5, rtol=1e-4), n
