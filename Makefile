@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.lock requirements.txt
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=10 tests
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
