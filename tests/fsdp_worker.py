@@ -1,10 +1,10 @@
-"""Worker for tests/test_model.py: one loss/gradient computation, then a saved HF directory.
+"""Worker for tests/test_model.py: two loss/gradient computations, then a saved HF directory.
 
-    fsdp_worker.py MODEL_DIR ROWS DATA_FILE OUT
+    fsdp_worker.py MODEL_DIR PROMPTS SFT_FILE PROMPTS_FILE OUT
 
 Run as one process or under torchrun; each rank takes its contiguous share of the same global
-batch: SFT conversations (ROWS "sft"), or fixed responses to prompts, each prompt run once for its
-rows ("rollouts-shared") or every row in full ("rollouts-full"). Writes loss and full gradients
+batches: SFT conversations, then fixed responses to prompts, each prompt run once for its rows
+(PROMPTS "shared") or every row in full ("full"). Writes each loss and its full gradients
 (rank 0) to OUT/result.pt and the policy to OUT/saved.
 """
 
@@ -37,31 +37,30 @@ def shared_prompt_rows(processor, examples, d: run.Dist, n: int = 3):
     return batch, target, prompt
 
 
-def main(model_dir: str, rows: str, data_file: str, out: str) -> None:
-    d = run.init_distributed("cpu")
-    processor = hf_checkpoint.load_processor(model_dir)
-    policy = model.shard(model.Policy.from_pretrained(model_dir), d, bf16=False)
-    if rows in ("rollouts-shared", "rollouts-full"):
-        batch, target, prompt = shared_prompt_rows(processor, data.load_prompts(data_file)[:2], d)
-        prompt = prompt if rows == "rollouts-shared" else None
-    else:
-        conversations = data.load_sft(data_file)[:4]
-        share = len(conversations) // d.world_size
-        mine = conversations[d.rank * share:(d.rank + 1) * share]
-        (batch, target), prompt = batching.encode_conversations(processor, mine), None
+def loss_and_gradients(policy, batch, target, prompt, d: run.Dist) -> dict:
+    policy.zero_grad(set_to_none=True)
     total_tokens = run.global_sum(target[:, 1:].sum().item(), d)
     logprobs, _ = policy(batch, target, prompt=prompt)
     loss = -logprobs.sum() / total_tokens
     loss.backward()
-    global_loss = run.global_sum(loss.item(), d)
-    grads = {}
-    for name, p in policy.named_parameters():
-        if p.grad is not None:
-            g = p.grad
-            grads[name] = (g.full_tensor() if hasattr(g, "full_tensor") else g).detach().clone()
+    grads = {name: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).detach().clone()
+             for name, p in policy.named_parameters() if p.grad is not None}
+    return {"loss": run.global_sum(loss.item(), d), "grads": grads}
+
+
+def main(model_dir: str, prompts: str, sft_file: str, prompts_file: str, out: str) -> None:
+    d = run.init_distributed("cpu")
+    processor = hf_checkpoint.load_processor(model_dir)
+    policy = model.shard(model.Policy.from_pretrained(model_dir), d, bf16=False)
+    conversations = data.load_sft(sft_file)[:4]
+    share = len(conversations) // d.world_size
+    batch, target = batching.encode_conversations(processor, conversations[d.rank * share:(d.rank + 1) * share])
+    results = {"sft": loss_and_gradients(policy, batch, target, None, d)}
+    batch, target, prompt = shared_prompt_rows(processor, data.load_prompts(prompts_file)[:2], d)
+    results["rollouts"] = loss_and_gradients(policy, batch, target, prompt if prompts == "shared" else None, d)
     policy.save_pretrained(processor, Path(out) / "saved", d)
     if d.is_main:
-        torch.save({"loss": global_loss, "grads": grads}, Path(out) / "result.pt")
+        torch.save(results, Path(out) / "result.pt")
 
 
 if __name__ == "__main__":

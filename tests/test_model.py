@@ -215,20 +215,18 @@ def test_bf16_weights_decode_then_restore_the_same_fp32_tensors(tiny_dir, synth_
         assert all(torch.equal(p, (before[n][1] + 1).bfloat16()) for n, p in policy.named_parameters())
 
 
-@pytest.mark.parametrize("rows", ["sft", "rollouts"])
-def test_fsdp2_two_processes_match_one(tiny_dir, synth_dir, tmp_path, rows):
-    # rollouts: two ranks running each prompt once against one process running every row in full
-    one_rows, two_rows = ("sft", "sft") if rows == "sft" else ("rollouts-full", "rollouts-shared")
-    data_file = synth_dir / ("sft_teacher.jsonl" if rows == "sft" else "test.jsonl")
-    run_script(["tests/fsdp_worker.py", tiny_dir, one_rows, data_file, tmp_path / "one"], nproc=1)
-    run_script(["tests/fsdp_worker.py", tiny_dir, two_rows, data_file, tmp_path / "two"], nproc=2)
-    one = torch.load(tmp_path / "one" / "result.pt")
-    two = torch.load(tmp_path / "two" / "result.pt")
-    assert abs(one["loss"] - two["loss"]) < 1e-5
-    assert one["grads"].keys() == two["grads"].keys() and len(one["grads"]) > 50
-    worst = max((one["grads"][k] - two["grads"][k]).abs().max().item() for k in one["grads"])
-    print(f"loss {one['loss']:.6f} vs {two['loss']:.6f}; max grad diff {worst:.2e}")
-    assert worst < 1e-5
+def test_fsdp2_two_processes_match_one(tiny_dir, synth_dir, tmp_path):
+    # SFT rows, then rollout rows: two ranks running each prompt once against one process running every row in full
+    files = [synth_dir / "sft_teacher.jsonl", synth_dir / "test.jsonl"]
+    run_script(["tests/fsdp_worker.py", tiny_dir, "full", *files, tmp_path / "one"], nproc=1)
+    run_script(["tests/fsdp_worker.py", tiny_dir, "shared", *files, tmp_path / "two"], nproc=2)
+    one, two = torch.load(tmp_path / "one" / "result.pt"), torch.load(tmp_path / "two" / "result.pt")
+    for rows in ("sft", "rollouts"):
+        assert abs(one[rows]["loss"] - two[rows]["loss"]) < 1e-5
+        assert one[rows]["grads"].keys() == two[rows]["grads"].keys() and len(one[rows]["grads"]) > 50
+        worst = max((one[rows]["grads"][k] - two[rows]["grads"][k]).abs().max().item() for k in one[rows]["grads"])
+        print(f"{rows}: loss {one[rows]['loss']:.6f} vs {two[rows]['loss']:.6f}; max grad diff {worst:.2e}")
+        assert worst < 1e-5
     a = hf_checkpoint.load_hf_model(tmp_path / "one" / "saved").state_dict()
     b = hf_checkpoint.load_hf_model(tmp_path / "two" / "saved").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
