@@ -388,9 +388,9 @@ class Rollouts:
         keep = batch.attention_mask.bool().any(0)
         R = int(keep[self.prompt_len:].sum())
         batch = batch.columns(keep)
-        groups, of = torch.unique(self.group[torch.as_tensor(rows, dtype=torch.long)], return_inverse=True)
-        first = torch.full((len(groups),), len(rows)).scatter_reduce_(0, of.cpu(), torch.arange(len(rows)), "amin")
-        return batch, self.target_mask[rows][:, keep], R, SharedPrompt(batch.input_ids.shape[1] - R, first, of.cpu())
+        groups, of = torch.unique(self.group.cpu()[torch.as_tensor(rows, dtype=torch.long)], return_inverse=True)
+        first = torch.full((len(groups),), len(rows)).scatter_reduce_(0, of, torch.arange(len(rows)), "amin")
+        return batch, self.target_mask[rows][:, keep], R, SharedPrompt(batch.input_ids.shape[1] - R, first, of)
 
     def responses(self) -> list[list[int]]:
         """Each row's response tokens up to and including the EOS, as lists."""

@@ -171,9 +171,9 @@ def policy_update(policy, optimizer, scheduler, rollouts: batching.Rollouts, adv
     are allowed: a rank with nothing to learn from still runs its passes). Micro-batches are cut
     by a token budget, rows of similar length together; within one, each distinct prompt runs through
     the model once for all its rows (model.hidden_after_shared_prompts; not under gradient
-    checkpointing). Every rank runs the same number of
-    forward/backward passes (FSDP2 collectives), repeating a micro-batch at weight 0 where it has
-    fewer. Returns metrics summed or averaged over all ranks.
+    checkpointing). Every rank runs the same number of forward/backward passes (FSDP2 collectives),
+    repeating a micro-batch at weight 0 where it has fewer. Returns metrics summed or averaged over
+    all ranks.
     """
     mask = loss_mask.float()
     total_tokens = max(run.global_sum(mask.sum().item(), d), 1.0)
