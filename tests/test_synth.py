@@ -48,8 +48,9 @@ _layout_cache: dict = {}
 
 
 def read_layout(png_path):
-    """Per quadrant: None or the circle's colour, from the image alone."""
-    key = str(png_path)
+    """Per quadrant: None or the circle's colour, from the image alone (a path, or PNG bytes in a BytesIO)."""
+    # A BytesIO is keyed by its bytes: its str() is its address, which a later BytesIO can reuse.
+    key = png_path.getvalue() if isinstance(png_path, io.BytesIO) else str(png_path)
     if key not in _layout_cache:
         a = np.asarray(Image.open(png_path).convert("RGB")).astype(int)
         assert a.shape == (64, 64, 3)
