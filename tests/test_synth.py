@@ -190,7 +190,7 @@ def test_teacher_format(paths):
         assert response.count("\n- ") == 4 and len(think.splitlines()) == 2, response
 
 
-def test_public_source_is_terse_and_misperceives_only_through_its_confusions(paths):
+def test_public_source_captions_tersely_and_misperceives_only_through_its_confusions(paths):
     records = _jsonl(paths["sft_public"])
     assert {"messages" in r for r in records} == {True, False}
     yellow = yellow_as_green = 0
@@ -198,7 +198,8 @@ def test_public_source_is_terse_and_misperceives_only_through_its_confusions(pat
         assert VALID.match(response), response
         layout, said = read_layout(image), caption_layout(response)
         think = response.split("<think>\n")[1].split("\n</think>")[0]
-        assert "empty" not in response and len(think.splitlines()) == 1  # terse: shapes only, one step
+        # Terse captions (circles only), and the teacher's two-step derivation from what it saw.
+        assert "empty" not in response and len(think.splitlines()) == 2
         for s, t in zip(said, layout):
             assert (s == "?") == (t is None) and (s == t or (t, s) in CONFUSED or t is None), (said, layout)
             yellow += t == "yellow"

@@ -4,13 +4,15 @@ Each image holds one to four coloured circles, one per quadrant. The world mirro
 story at toy scale (spec §1, §9.4):
   - a perfect programmatic teacher (the high-fidelity Gemini distill): every quadrant described,
     "- top-left: red circle" or "- top-left: empty", and a two-step derivation from that caption;
-  - a public source (the 1.26M public demonstrations) that outnumbers the teacher three to one, writes
-    tersely (circles only, a one-line derivation) and misperceives systematically: it sees yellow as
-    green most of the time (PUBLIC_CONFUSIONS) and reasons correctly from what it saw — so SFT on the
-    mixture inherits a perception error, and answers that depend on it go wrong;
+  - a public source (the 1.26M public demonstrations) that outnumbers the teacher three to one, captions
+    tersely (circles only) and misperceives systematically: it sees yellow as green most of the time
+    (PUBLIC_CONFUSIONS), and derives its answer in the teacher's two steps from what it saw — so SFT on
+    the mixture inherits a perception error, and answers that depend on it go wrong. (A one-line
+    derivation, "So red.", was dropped: the 1.2M-parameter policy could not do the lookup in one step,
+    and answered wrongly from right captions; results/search.md §6);
   - warm-up students that write exactly as the teacher does but get the content wrong (a misperceived
-    caption reasoned from consistently, or a right caption with a slip in the reasoning), so that the
-    discriminator can only tell them apart by checking the caption against the picture;
+    caption, reasoned from consistently or, for a quarter of them, with a slip as well), so that the
+    discriminator can only tell them apart by checking the content against the picture;
   - verl-style alignment/RL parquets, a validation split for choosing hyperparameters, and a held-out
     test split that carries the teacher's caption, so that evaluation can score each caption's facts.
 
@@ -149,7 +151,7 @@ def _cot(think: str, answer: str) -> str:
     return f"<think>\n{think}\n</think>\n<answer>{answer}</answer>"
 
 
-def _teacher_cot(layout: tuple, q: _Question, answer: str) -> str:
+def _derivation(layout: tuple, q: _Question, answer: str) -> str:
     """Two steps: what the caption says about the question, then the answer."""
     cells = ", ".join(SYNTH_CELLS[i] for i in _lookup(layout, q)) or "none"
     if q.type == "count_color":
@@ -164,7 +166,7 @@ def _teacher_cot(layout: tuple, q: _Question, answer: str) -> str:
 
 def _teacher_texts(layout: tuple, q: _Question) -> tuple[str, str]:
     """(caption, cot) of the perfect teacher: every quadrant described, the answer derived from the caption."""
-    return _caption(layout, with_empty=True), _teacher_cot(layout, q, _answer(layout, q))
+    return _caption(layout, with_empty=True), _derivation(layout, q, _answer(layout, q))
 
 
 def _replace(layout: tuple, i: int, value) -> tuple:
@@ -186,10 +188,11 @@ def public_perception(layout: tuple, rng: np.random.Generator) -> tuple:
 
 
 def _public_texts(layout: tuple, q: _Question, rng: np.random.Generator) -> tuple[str, str]:
-    """(caption, cot) in the public source's terse style, reasoned correctly from what it misperceived."""
+    """(caption, cot) of the public source: a terse caption of what it misperceived, and the two-step
+    derivation from it."""
     seen = public_perception(layout, rng)
     answer = _answer(seen, q)
-    return _caption(seen, with_empty=False), _cot(f"So {answer}.", answer)
+    return _caption(seen, with_empty=False), _derivation(seen, q, answer)
 
 
 def _misperceive_once(layout: tuple, rng: np.random.Generator) -> tuple:
@@ -227,7 +230,7 @@ def _student_texts(layout: tuple, q: _Question, rng: np.random.Generator) -> tup
     if rng.random() < _STUDENT_SLIP_RATE:
         reasoned_from = next((e for e in (_misperceive_once(layout, rng) for _ in range(50))
                               if _answer(e, q) not in (answer, _answer(wrong, q))), wrong)
-    return _caption(wrong, with_empty=True), _teacher_cot(reasoned_from, q, _answer(reasoned_from, q))
+    return _caption(wrong, with_empty=True), _derivation(reasoned_from, q, _answer(reasoned_from, q))
 
 
 def _sample_items(split: str, n: int, seed: int, seen: set | None = None, banned: frozenset = frozenset()):
