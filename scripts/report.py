@@ -23,11 +23,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
+from toy.world import caption_answer  # noqa: E402
 
 COLUMNS = [("accuracy", "accuracy %", 100), ("format_rate", "format %", 100),
            ("caption_fact_precision", "caption facts right %", 100), ("caption_right_rate", "captions right %", 100),
            ("caption_items_mean", "items / caption", 1), ("reasoning_steps_mean", "steps / think", 1),
-           ("mean_tokens", "tokens", 1)]
+           ("answers_from_caption", "answers from own caption %", 100), ("mean_tokens", "tokens", 1)]
 
 
 def metrics(path: Path) -> list[dict]:
@@ -43,9 +44,30 @@ def curve(rows: list[dict], key: str, window: int = 5) -> tuple[list[int], list[
     return steps, smooth
 
 
-def summaries(results: dict) -> dict[str, dict]:
-    """Checkpoint name → its summary on the (single) benchmark of the run."""
-    return {name: next(iter(r["benchmarks"].values()))["summary"] for name, r in results["results"].items()}
+def caption_following(results: dict, split: str) -> dict[str, float | None]:
+    """Checkpoint name → the share of its well-formed responses on `split` whose answer is the one its own
+    caption implies (toy.world.caption_answer): does the policy answer from what it described, so that a
+    fixed caption fixes the answer? None for a checkpoint with no well-formed response.
+
+    Reads the split's questions from the files eval.py recorded for it in `results`.
+    """
+    questions = {r["id"]: r["question"] for f in results["benchmarks"][split]["files"]
+                 for r in map(json.loads, Path(f).read_text().splitlines())}
+    shares = {}
+    for name, r in results["results"].items():
+        parsed = [(data.parse_response(i["response"]), questions[i["id"]]) for i in r["benchmarks"][split]["items"]]
+        follows = [p.answer == caption_answer(p.caption, q) for p, q in parsed if p.valid and p.caption]
+        shares[name] = sum(follows) / len(follows) if follows else None
+    return shares
+
+
+def summaries(results: dict, split: str | None = None) -> dict[str, dict]:
+    """Checkpoint name → its summary on `split` (default: the run's first benchmark, the held-out test
+    split), with "answers_from_caption" (caption_following) added."""
+    split = split or next(iter(results["benchmarks"]))
+    follows = caption_following(results, split)
+    return {name: r["benchmarks"][split]["summary"] | {"answers_from_caption": follows[name]}
+            for name, r in results["results"].items()}
 
 
 def table(results: dict) -> str:

@@ -4,7 +4,8 @@
 
 Reads each run's results.json (eval.py); writes OUT/seeds-<split>.md for --split (default the held-out
 test split) and prints it.
-Three tables: held-out accuracy per checkpoint, the caption facts the policy gets right, and the
+Four tables: held-out accuracy per checkpoint, the caption facts the policy gets right, the answers that
+follow the policy's own caption (report.caption_following), and the
 differences the issue's targets are about (each RL run over its start, PRISM over SFT, the headline
 PRISM→RL over SFT→RL), each per seed.
 """
@@ -14,11 +15,12 @@ import json
 import statistics
 from pathlib import Path
 
+from report import summaries as run_summaries
+
 
 def summaries(run: Path, split: str) -> dict[str, dict]:
     """Checkpoint name → its summary on `split` (a --data-names entry of the demo's eval)."""
-    results = json.loads((run / "results.json").read_text())
-    return {name: r["benchmarks"][split]["summary"] for name, r in results["results"].items()}
+    return run_summaries(json.loads((run / "results.json").read_text()), split)
 
 
 def row(label: str, values: list[float | None]) -> str:
@@ -46,6 +48,8 @@ def tables(runs: dict[str, dict[str, dict]]) -> str:
     out = ["### Held-out answer accuracy (%)", head] + [row(n, metric("accuracy", n)) for n in names]
     out += ["", "### Caption facts right (%, of those stated)", head]
     out += [row(n, metric("caption_fact_precision", n)) for n in names if n != "Base"]
+    out += ["", "### Answers that follow the policy's own caption (%, of well-formed responses)", head]
+    out += [row(n, metric("answers_from_caption", n)) for n in names if n != "Base"]
     out += ["", "### Differences (accuracy points unless named)", head]
     algos = [n.split("+")[1] for n in names if n.startswith("SFT+")]
     for algo in algos:

@@ -6,6 +6,9 @@ import sys
 
 from conftest import ROOT
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from report import caption_following  # noqa: E402
+
 
 def test_demo_pipeline_smoke(tmp_path):
     out = tmp_path / "demo"
@@ -39,7 +42,27 @@ def test_demo_pipeline_smoke(tmp_path):
     proc = subprocess.run([sys.executable, "scripts/seeds.py", tmp_path / "seed0", tmp_path / "seed1", "--out",
                            tmp_path], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    accuracy, _, differences = (section.splitlines() for section in
-                                (tmp_path / "seeds-synthetic-test.md").read_text().split("### ")[1:])
+    accuracy, _, following, differences = (section.splitlines() for section in
+                                           (tmp_path / "seeds-synthetic-test.md").read_text().split("### ")[1:])
+    assert following[0].startswith("Answers that follow the policy's own caption")
     assert next(line for line in accuracy if line.startswith("| SFT+GRPO |")).endswith("± 0.0 (n=2) |")
     assert any(line.startswith("| Δ PRISM+GRPO − SFT+GRPO (headline) | +0.0 | +0.0 |") for line in differences)
+
+
+def test_caption_following_is_the_share_of_answers_their_own_caption_implies(tmp_path):
+    questions = tmp_path / "test.jsonl"
+    questions.write_text('{"id": "a", "question": "How many red circles are in the image?"}\n'
+                         '{"id": "b", "question": "Is there a blue circle in the image?"}\n')
+
+    def response(answer):
+        return ("<caption>\n- top-left: red circle\n- top-right: empty\n</caption>\n"
+                f"<think>\nx\n</think>\n<answer>{answer}</answer>")
+
+    items = [{"id": "a", "response": response("1")},  # one red circle stated: follows
+             {"id": "b", "response": response("yes")},  # no blue one stated: does not follow
+             {"id": "b", "response": response("no")},  # follows
+             {"id": "a", "response": "1"}]  # not well-formed: not counted
+    results = {"benchmarks": {"split": {"files": [str(questions)]}},
+               "results": {"P": {"benchmarks": {"split": {"items": items}}},
+                           "Q": {"benchmarks": {"split": {"items": items[3:]}}}}}
+    assert caption_following(results, "split") == {"P": 2 / 3, "Q": None}

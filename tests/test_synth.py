@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from data import SYSTEM_PROMPT
-from toy.world import synthesize, synthetic_corpus
+from toy.world import caption_answer, synthesize, synthetic_corpus
 
 VALID = re.compile(r"^\s*(<caption>.*?</caption>)\s*(<think>.*?</think>\s*<answer>.*?</answer>)\s*$", re.DOTALL)
 CELLS = ("top-left", "top-right", "bottom-left", "bottom-right")
@@ -207,6 +207,28 @@ def test_public_source_captions_tersely_and_misperceives_only_through_its_confus
         # It reasons correctly from what it saw.
         assert solve(tuple(None if s == "?" else s for s in said), question) == answer_of(response)
     assert 0.75 <= yellow_as_green / yellow <= 0.85  # PUBLIC_CONFUSIONS: yellow seen as green 80 % of the time
+
+
+def test_caption_answer_is_what_a_caption_implies():
+    caption = "<caption>\n- top-left: yellow circle\n- top-right: empty\n- bottom-right: yellow circle\n</caption>"
+    assert caption_answer(caption, "How many yellow circles are in the image?") == "2"
+    assert caption_answer(caption, "How many red circles are in the image?") == "0"
+    assert caption_answer(caption, "What color is the circle at the bottom-right?") == "yellow"
+    assert caption_answer(caption, "What color is the circle at the bottom-left?") == "none"  # left out: empty
+    assert caption_answer(caption, "Is there a yellow circle in the image?") == "yes"
+    assert caption_answer(caption, "Is there a blue circle in the image?") == "no"
+    assert caption_answer(caption, "Which circle is largest?") is None
+    assert caption_answer("no caption at all", "Is there a blue circle in the image?") == "no"
+
+
+def test_every_demonstration_answers_from_its_own_caption(paths):
+    """Teacher and public source alike derive the answer from the caption they wrote (the public one
+    from its misperception), so caption_answer recovers every demonstration's answer."""
+    for name in ("sft_teacher", "sft_public"):
+        for _, question, response in sft_items(paths, name):
+            caption = response.split("</caption>")[0] + "</caption>"
+            assert caption_answer(caption, question) == answer_of(response) == \
+                solve(tuple(None if c == "?" else c for c in caption_layout(caption)), question), response
 
 
 def test_students_write_as_the_teacher_and_differ_in_content(paths):

@@ -32,6 +32,7 @@ import dataclasses
 import inspect
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,9 @@ SYNTH_BACKGROUND = (245, 245, 240)
 SYNTH_CELLS = ("top-left", "top-right", "bottom-left", "bottom-right")
 SYNTH_COLORS = {"red": (220, 50, 50), "green": (40, 160, 70), "blue": (50, 90, 220), "yellow": (235, 195, 35)}
 SYNTH_TYPES = ("count_color", "color", "exists")
+# Each type's question, around what it asks about (a colour, or a quadrant for "color").
+QUESTIONS = {"count_color": "How many {} circles are in the image?", "color": "What color is the circle at the {}?",
+             "exists": "Is there a {} circle in the image?"}
 SYNTH_DATA_SOURCE = "prism_synth"
 SYNTH_ABILITY = "visual_reasoning"
 _COLOR_NAMES = tuple(SYNTH_COLORS)
@@ -95,14 +99,14 @@ def _make_question(layout: tuple, qtype: str, rng: np.random.Generator) -> _Ques
     """A question of `qtype` about `layout`; "exists" asks about a colour that is there half of the time."""
     if qtype == "count_color":
         color = _pick(rng, _COLOR_NAMES)
-        return _Question("count_color", f"How many {color} circles are in the image?", color)
+        return _Question("count_color", QUESTIONS["count_color"].format(color), color)
     if qtype == "color":
         cell = SYNTH_CELLS[_pick(rng, [i for i, c in enumerate(layout) if c])]
-        return _Question("color", f"What color is the circle at the {cell}?", cell)
+        return _Question("color", QUESTIONS["color"].format(cell), cell)
     present = sorted({c for c in layout if c})
     absent = [c for c in _COLOR_NAMES if c not in present]
     color = _pick(rng, present if not absent or rng.random() < 0.5 else absent)
-    return _Question("exists", f"Is there a {color} circle in the image?", color)
+    return _Question("exists", QUESTIONS["exists"].format(color), color)
 
 
 def _lookup(layout: tuple, q: _Question) -> list[int]:
@@ -121,6 +125,24 @@ def _answer(layout: tuple, q: _Question) -> str:
     if q.type == "color":
         return layout[found[0]] or "none"
     return "yes" if found else "no"
+
+
+def caption_answer(caption: str, question: str) -> str | None:
+    """The answer `caption` gives to `question`, derived as the teacher derives it: the quadrants the
+    caption states, one it leaves out taken as empty. Comparing it with the answer a policy wrote
+    under that caption tells whether the policy answers from its own caption or around it.
+
+    caption: a <caption> block (its "- <quadrant>: <colour> circle" / "empty" items; other lines are
+    ignored). Returns None if `question` is not one of QUESTIONS.
+    """
+    layout = [None] * len(SYNTH_CELLS)
+    for cell, color in re.findall(r"^- ([a-z-]+): ([a-z]+) circle$", caption, re.MULTILINE):
+        if cell in SYNTH_CELLS:
+            layout[SYNTH_CELLS.index(cell)] = color
+    for qtype, template in QUESTIONS.items():
+        if m := re.fullmatch(re.escape(template).replace(r"\{\}", "([a-z-]+)"), question.strip()):
+            return _answer(tuple(layout), _Question(qtype, question, m.group(1)))
+    return None
 
 
 def _render_png(layout: tuple, rng: np.random.Generator) -> bytes:
