@@ -44,15 +44,16 @@ def curve(rows: list[dict], key: str, window: int = 5) -> tuple[list[int], list[
     return steps, smooth
 
 
-def caption_following(results: dict, split: str) -> dict[str, float | None]:
+def caption_following(results: dict, split: str, data_dir: Path) -> dict[str, float | None]:
     """Checkpoint name → the share of its well-formed responses on `split` whose answer is the one its own
     caption implies (toy.world.caption_answer): does the policy answer from what it described, so that a
     fixed caption fixes the answer? None for a checkpoint with no well-formed response.
 
-    Reads the split's questions from the files eval.py recorded for it in `results`.
+    Reads the split's questions from `data_dir`, the files eval.py recorded for it in `results` by name
+    (the recorded paths may be relative to wherever the demo ran).
     """
     questions = {r["id"]: r["question"] for f in results["benchmarks"][split]["files"]
-                 for r in map(json.loads, Path(f).read_text().splitlines())}
+                 for r in map(json.loads, (data_dir / Path(f).name).read_text().splitlines())}
     shares = {}
     for name, r in results["results"].items():
         parsed = [(data.parse_response(i["response"]), questions[i["id"]]) for i in r["benchmarks"][split]["items"]]
@@ -61,17 +62,17 @@ def caption_following(results: dict, split: str) -> dict[str, float | None]:
     return shares
 
 
-def summaries(results: dict, split: str | None = None) -> dict[str, dict]:
+def summaries(results: dict, data_dir: Path, split: str | None = None) -> dict[str, dict]:
     """Checkpoint name → its summary on `split` (default: the run's first benchmark, the held-out test
-    split), with "answers_from_caption" (caption_following) added."""
+    split), with "answers_from_caption" (caption_following over the questions in `data_dir`) added."""
     split = split or next(iter(results["benchmarks"]))
-    follows = caption_following(results, split)
+    follows = caption_following(results, split, data_dir)
     return {name: r["benchmarks"][split]["summary"] | {"answers_from_caption": follows[name]}
             for name, r in results["results"].items()}
 
 
-def table(results: dict) -> str:
-    s = summaries(results)
+def table(results: dict, data_dir: Path) -> str:
+    s = summaries(results, data_dir)
     types = sorted(next(iter(s.values()))["accuracy_by_type"])
     head = [label for _, label, _ in COLUMNS] + [f"{t} %" for t in types]
     lines = ["| model | " + " | ".join(head) + " |", "|---" * (1 + len(head)) + "|"]
@@ -149,14 +150,16 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out
     results = json.loads((out / "results.json").read_text())
-    md = table(results)
+    # The ablations run (OUT = a demo's ablations/) answers the demo's own data.
+    data_dir = out / "data" if (out / "data").is_dir() else out.parent / "data"
+    md = table(results, data_dir)
     (out / "table.md").write_text(md + "\n")
     print(md)
     if args.table_only:
         print(f"wrote {out / 'table.md'}")
         return
     curves_figure(out, out / "curves.png")
-    proxies_figure(results, out / "data", out / "proxies.png")
+    proxies_figure(results, data_dir, out / "proxies.png")
     print(f"wrote {out / 'table.md'}, {out / 'curves.png'} and {out / 'proxies.png'}")
 
 

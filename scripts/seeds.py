@@ -20,7 +20,7 @@ from report import summaries as run_summaries
 
 def summaries(run: Path, split: str) -> dict[str, dict]:
     """Checkpoint name → its summary on `split` (a --data-names entry of the demo's eval)."""
-    return run_summaries(json.loads((run / "results.json").read_text()), split)
+    return run_summaries(json.loads((run / "results.json").read_text()), run / "data", split)
 
 
 def row(label: str, values: list[float | None]) -> str:

@@ -62,7 +62,7 @@ def test_caption_following_is_the_share_of_answers_their_own_caption_implies(tmp
              {"id": "b", "response": response("yes")},  # no blue one stated: does not follow
              {"id": "b", "response": response("no")},  # follows
              {"id": "a", "response": "1"}]  # not well-formed: not counted
-    results = {"benchmarks": {"split": {"files": [str(questions)]}},
+    results = {"benchmarks": {"split": {"files": ["elsewhere/test.jsonl"]}},  # read by name from tmp_path
                "results": {"P": {"benchmarks": {"split": {"items": items}}},
                            "Q": {"benchmarks": {"split": {"items": items[3:]}}}}}
-    assert caption_following(results, "split") == {"P": 2 / 3, "Q": None}
+    assert caption_following(results, "split", tmp_path) == {"P": 2 / 3, "Q": None}
