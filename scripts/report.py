@@ -28,7 +28,7 @@ from toy.world import caption_answer  # noqa: E402
 COLUMNS = [("accuracy", "accuracy %", 100), ("format_rate", "format %", 100),
            ("caption_fact_precision", "caption facts right %", 100), ("caption_right_rate", "captions right %", 100),
            ("caption_items_mean", "items / caption", 1), ("reasoning_steps_mean", "steps / think", 1),
-           ("answers_from_caption", "answers from own caption %", 100), ("mean_tokens", "tokens", 1)]
+           ("caption_following", "answers following own caption %", 100), ("mean_tokens", "tokens", 1)]
 
 
 def metrics(path: Path) -> list[dict]:
@@ -45,29 +45,41 @@ def curve(rows: list[dict], key: str, window: int = 5) -> tuple[list[int], list[
 
 
 def caption_following(results: dict, split: str, data_dir: Path) -> dict[str, float | None]:
-    """Checkpoint name → the share of its well-formed responses on `split` whose answer is the one its own
-    caption implies (toy.world.caption_answer): does the policy answer from what it described, so that a
-    fixed caption fixes the answer? None for a checkpoint with no well-formed response.
+    """Checkpoint name → the share of its answers on `split` that are the ones its own caption implies
+    (toy.world.caption_answer): does the policy answer from what it described, so that a fixed caption
+    fixes the answer? Counted over well-formed responses whose caption and question the world can
+    derive an answer from; None for a checkpoint with no such response.
 
-    Reads the split's questions from `data_dir`, the files eval.py recorded for it in `results` by name
-    (the recorded paths may be relative to wherever the demo ran).
+    The split's questions come from the JSONL files eval.py recorded for it in `results`: at the
+    recorded path, or by name in `data_dir` (a recorded path may be relative to wherever the demo ran).
+    Raises SystemExit with an `error:` line when a file or an item's question is missing.
     """
-    questions = {r["id"]: r["question"] for f in results["benchmarks"][split]["files"]
-                 for r in map(json.loads, (data_dir / Path(f).name).read_text().splitlines())}
+    questions = {}
+    for recorded in map(Path, results["benchmarks"][split]["files"]):
+        path = recorded if recorded.is_file() else data_dir / recorded.name
+        if not path.is_file():
+            raise SystemExit(f"error: {recorded}: the questions of {split} are neither there nor in {data_dir}")
+        questions |= {r["id"]: r["question"] for r in map(json.loads, path.read_text().splitlines())}
     shares = {}
     for name, r in results["results"].items():
-        parsed = [(data.parse_response(i["response"]), questions[i["id"]]) for i in r["benchmarks"][split]["items"]]
-        follows = [p.answer == caption_answer(p.caption, q) for p, q in parsed if p.valid and p.caption]
+        follows = []
+        for item in r["benchmarks"][split]["items"]:
+            if item["id"] not in questions:
+                raise SystemExit(f"error: {split}: item {item['id']} of {name} is in no question file of the split")
+            parsed = data.parse_response(item["response"])
+            implied = caption_answer(parsed.caption, questions[item["id"]]) if parsed.valid and parsed.caption else None
+            if implied is not None:
+                follows.append(parsed.answer == implied)
         shares[name] = sum(follows) / len(follows) if follows else None
     return shares
 
 
 def summaries(results: dict, data_dir: Path, split: str | None = None) -> dict[str, dict]:
     """Checkpoint name → its summary on `split` (default: the run's first benchmark, the held-out test
-    split), with "answers_from_caption" (caption_following over the questions in `data_dir`) added."""
+    split), with "caption_following" (over the questions found as caption_following says) added."""
     split = split or next(iter(results["benchmarks"]))
     follows = caption_following(results, split, data_dir)
-    return {name: r["benchmarks"][split]["summary"] | {"answers_from_caption": follows[name]}
+    return {name: r["benchmarks"][split]["summary"] | {"caption_following": follows[name]}
             for name, r in results["results"].items()}
 
 

@@ -4,10 +4,10 @@
 
 Reads each run's results.json (eval.py); writes OUT/seeds-<split>.md for --split (default the held-out
 test split) and prints it.
-Four tables: held-out accuracy per checkpoint, the caption facts the policy gets right, the answers that
-follow the policy's own caption (report.caption_following), and the
-differences the issue's targets are about (each RL run over its start, PRISM over SFT, the headline
-PRISM→RL over SFT→RL), each per seed.
+Four tables: held-out accuracy per checkpoint, the caption facts the policy gets right, the answers
+that follow the policy's own caption (report.caption_following), and the differences the issue's
+targets are about (each RL run over its start, PRISM over SFT, the headline PRISM→RL over SFT→RL),
+each per seed.
 """
 
 import argparse
@@ -49,7 +49,7 @@ def tables(runs: dict[str, dict[str, dict]]) -> str:
     out += ["", "### Caption facts right (%, of those stated)", head]
     out += [row(n, metric("caption_fact_precision", n)) for n in names if n != "Base"]
     out += ["", "### Answers that follow the policy's own caption (%, of well-formed responses)", head]
-    out += [row(n, metric("answers_from_caption", n)) for n in names if n != "Base"]
+    out += [row(n, metric("caption_following", n)) for n in names if n != "Base"]
     out += ["", "### Differences (accuracy points unless named)", head]
     algos = [n.split("+")[1] for n in names if n.startswith("SFT+")]
     for algo in algos:

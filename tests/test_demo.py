@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -45,6 +46,7 @@ def test_demo_pipeline_smoke(tmp_path):
     accuracy, _, following, differences = (section.splitlines() for section in
                                            (tmp_path / "seeds-synthetic-test.md").read_text().split("### ")[1:])
     assert following[0].startswith("Answers that follow the policy's own caption")
+    assert [line.split("|")[1].strip() for line in following[3:]] == list(results)[1:]  # every checkpoint but Base
     assert next(line for line in accuracy if line.startswith("| SFT+GRPO |")).endswith("± 0.0 (n=2) |")
     assert any(line.startswith("| Δ PRISM+GRPO − SFT+GRPO (headline) | +0.0 | +0.0 |") for line in differences)
 
@@ -61,8 +63,20 @@ def test_caption_following_is_the_share_of_answers_their_own_caption_implies(tmp
     items = [{"id": "a", "response": response("1")},  # one red circle stated: follows
              {"id": "b", "response": response("yes")},  # no blue one stated: does not follow
              {"id": "b", "response": response("no")},  # follows
-             {"id": "a", "response": "1"}]  # not well-formed: not counted
+             {"id": "a", "response": "1"},  # not well-formed: not counted
+             {"id": "c", "response": response("2")}]  # a question the world derives nothing for: not counted
+    questions.write_text(questions.read_text() + '{"id": "c", "question": "Which circle is largest?"}\n')
     results = {"benchmarks": {"split": {"files": ["elsewhere/test.jsonl"]}},  # read by name from tmp_path
                "results": {"P": {"benchmarks": {"split": {"items": items}}},
                            "Q": {"benchmarks": {"split": {"items": items[3:]}}}}}
     assert caption_following(results, "split", tmp_path) == {"P": 2 / 3, "Q": None}
+    # At its recorded path, the file is read from there.
+    results["benchmarks"]["split"]["files"] = [str(questions)]
+    assert caption_following(results, "split", tmp_path / "nowhere") == {"P": 2 / 3, "Q": None}
+    # An item whose question is in no file of the split, or no file at all: one error line.
+    results["results"]["P"]["benchmarks"]["split"]["items"].append({"id": "d", "response": response("1")})
+    with pytest.raises(SystemExit, match="error: split: item d of P is in no question file"):
+        caption_following(results, "split", tmp_path)
+    results["benchmarks"]["split"]["files"] = ["elsewhere/val.jsonl"]
+    with pytest.raises(SystemExit, match="error: elsewhere/val.jsonl: the questions of split are neither there"):
+        caption_following(results, "split", tmp_path)

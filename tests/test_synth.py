@@ -198,8 +198,18 @@ def test_public_source_captions_tersely_and_misperceives_only_through_its_confus
         assert VALID.match(response), response
         layout, said = read_layout(image), caption_layout(response)
         think = response.split("<think>\n")[1].split("\n</think>")[0]
-        # Terse captions (circles only), and the teacher's two-step derivation from what it saw.
+        # Terse captions (circles only), and the teacher's two-step derivation from what it saw: the
+        # quadrants its caption gives for the question, then the answer.
         assert "empty" not in response and len(think.splitlines()) == 2
+        seen = tuple(None if c == "?" else c for c in said)
+        if m := re.match(r"What color is the circle at the ([a-z-]+)\?", question):
+            color = seen[CELLS.index(m.group(1))]
+            first = f"At {m.group(1)}: " + (f"a {color} circle." if color else "empty.")
+        else:
+            color = re.search(r"(\w+) circle", question).group(1)
+            first = f"{color.capitalize()} circles at: " + (
+                ", ".join(c for c, s in zip(CELLS, seen) if s == color) or "none") + "."
+        assert think.splitlines()[0] == first, response
         for s, t in zip(said, layout):
             assert (s == "?") == (t is None) and (s == t or (t, s) in CONFUSED or t is None), (said, layout)
             yellow += t == "yellow"
@@ -218,7 +228,15 @@ def test_caption_answer_is_what_a_caption_implies():
     assert caption_answer(caption, "Is there a yellow circle in the image?") == "yes"
     assert caption_answer(caption, "Is there a blue circle in the image?") == "no"
     assert caption_answer(caption, "Which circle is largest?") is None
-    assert caption_answer("no caption at all", "Is there a blue circle in the image?") == "no"
+    # Read as eval reads caption items: case and spacing do not matter.
+    odd_spacing = "<caption>\n-  Top-Left:   RED circle \n</caption>"
+    assert caption_answer(odd_spacing, "How many red circles are in the image?") == "1"
+    # Nothing to derive from: no item, an item of another form, a quadrant or colour the world has not.
+    assert caption_answer("<caption>\n</caption>", "Is there a blue circle in the image?") is None
+    square = "<caption>\n- top-left: red square\n</caption>"
+    assert caption_answer(square, "Is there a red circle in the image?") is None
+    assert caption_answer(caption, "What color is the circle at the middle?") is None
+    assert caption_answer(caption, "How many purple circles are in the image?") is None
 
 
 def test_every_demonstration_answers_from_its_own_caption(paths):

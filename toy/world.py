@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from data import SYSTEM_PROMPT
+from data import SYSTEM_PROMPT, caption_items
 
 SYNTH_IMAGE_SIZE = 64
 SYNTH_CELL_SIZE = 32
@@ -132,15 +132,22 @@ def caption_answer(caption: str, question: str) -> str | None:
     caption states, one it leaves out taken as empty. Comparing it with the answer a policy wrote
     under that caption tells whether the policy answers from its own caption or around it.
 
-    caption: a <caption> block (its "- <quadrant>: <colour> circle" / "empty" items; other lines are
-    ignored). Returns None if `question` is not one of QUESTIONS.
+    caption: a <caption> block, read item by item as eval reads it (data.caption_items: case and
+    spacing do not matter). Returns None where there is nothing to derive from: a caption with no
+    item, an item that is not "<quadrant>: <colour> circle" or "<quadrant>: empty", or a question
+    that is not one of QUESTIONS about a quadrant or colour of this world.
     """
+    cells = "|".join(SYNTH_CELLS)
+    items = [re.fullmatch(rf"({cells}): (?:({'|'.join(_COLOR_NAMES)}) circle|empty)", item)
+             for item in caption_items(caption)]
+    if not items or not all(items):
+        return None
     layout = [None] * len(SYNTH_CELLS)
-    for cell, color in re.findall(r"^- ([a-z-]+): ([a-z]+) circle$", caption, re.MULTILINE):
-        if cell in SYNTH_CELLS:
-            layout[SYNTH_CELLS.index(cell)] = color
+    for m in items:
+        layout[SYNTH_CELLS.index(m.group(1))] = m.group(2)
     for qtype, template in QUESTIONS.items():
-        if m := re.fullmatch(re.escape(template).replace(r"\{\}", "([a-z-]+)"), question.strip()):
+        target = cells if qtype == "color" else "|".join(_COLOR_NAMES)
+        if m := re.fullmatch(re.escape(template).replace(r"\{\}", f"({target})"), question.strip()):
             return _answer(tuple(layout), _Question(qtype, question, m.group(1)))
     return None
 
